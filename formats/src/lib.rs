@@ -1,0 +1,33 @@
+//! The packed 1.58-bit model file (`.tern`): specification in `FORMAT.md`.
+//!
+//! `ModelView` parses and validates a file's bytes without copying or allocating; tensors are returned as
+//! views into those bytes, ready for the runtime's kernels. With the `alloc` feature, `ModelWriter` builds
+//! files; `blocks` holds the scalar pack/unpack reference for every quantized element type.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod blocks;
+pub mod config;
+pub mod dtype;
+pub mod error;
+pub mod layout;
+mod le;
+pub mod tensor;
+pub mod view;
+#[cfg(feature = "alloc")]
+pub mod writer;
+#[cfg(feature = "alloc")]
+mod aligned;
+
+#[cfg(feature = "alloc")]
+pub use aligned::AlignedBytes;
+pub use config::{Architecture, ModelConfig, RopeScaling, RopeStyle, NO_TOKEN};
+pub use dtype::{ElementType, ScaleKind, Shape};
+pub use error::FormatError;
+pub use tensor::{Role, TensorView};
+pub use view::{ModelView, ParseOptions, TokenizerData};
+#[cfg(feature = "alloc")]
+pub use writer::{ModelWriter, TensorData, TernaryLayout};

@@ -1,0 +1,2 @@
+//! One module per `tern` subcommand.
+pub mod inspect;
