@@ -17,7 +17,10 @@ impl AlignedBytes {
     pub fn from_slice(bytes: &[u8]) -> Self {
         let mut lines = alloc::vec![Line([0; 64]); bytes.len().div_ceil(64)];
         bytemuck::cast_slice_mut::<Line, u8>(&mut lines)[..bytes.len()].copy_from_slice(bytes);
-        Self { lines, len: bytes.len() }
+        Self {
+            lines,
+            len: bytes.len(),
+        }
     }
 }
 

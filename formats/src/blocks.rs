@@ -52,7 +52,11 @@ fn code_of(w: i8, index: usize) -> Result<u8, NotTernary> {
 ///
 /// `out.len()` must equal `row.len().div_ceil(64)`; returns an error for values outside {-1, 0, 1}.
 pub fn pack_ternary2_row(row: &[i8], out: &mut [BlockTernary2]) -> Result<(), NotTernary> {
-    assert_eq!(out.len(), row.len().div_ceil(TERNARY_BLOCK_WEIGHTS), "output block count");
+    assert_eq!(
+        out.len(),
+        row.len().div_ceil(TERNARY_BLOCK_WEIGHTS),
+        "output block count"
+    );
     for (b, block) in out.iter_mut().enumerate() {
         // Code 1 (weight 0) everywhere, then overwrite the slots that hold real weights.
         block.qs = [0b0101_0101; 16];
@@ -85,7 +89,11 @@ pub fn unpack_ternary2_row(blocks: &[BlockTernary2], out: &mut [i8]) {
 
 /// Packs one row of ternary weights into `ceil(row.len() / 64)` base-3 blocks.
 pub fn pack_ternary3_row(row: &[i8], out: &mut [BlockTernary3]) -> Result<(), NotTernary> {
-    assert_eq!(out.len(), row.len().div_ceil(TERNARY_BLOCK_WEIGHTS), "output block count");
+    assert_eq!(
+        out.len(),
+        row.len().div_ceil(TERNARY_BLOCK_WEIGHTS),
+        "output block count"
+    );
     for (b, block) in out.iter_mut().enumerate() {
         for j in 0..13 {
             let mut v: u32 = 0;
@@ -148,7 +156,11 @@ pub fn quantize_int4_row(row: &[f32], group: usize, out: &mut [u8], scales: &mut
     out.fill(0x88);
     for (g, chunk) in row.chunks(group).enumerate() {
         let amax = chunk.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
-        let scale = if amax.is_finite() && amax > 0.0 { amax / 7.0 } else { 0.0 };
+        let scale = if amax.is_finite() && amax > 0.0 {
+            amax / 7.0
+        } else {
+            0.0
+        };
         scales[g] = scale;
         for (i, &x) in chunk.iter().enumerate() {
             let q = if scale == 0.0 {

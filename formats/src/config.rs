@@ -168,7 +168,9 @@ impl ModelConfig {
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         if bytes.len() < CONFIG_RECORD_BYTES {
-            return Err(FormatError::BadConfig("CONFIG section shorter than the version-1 record"));
+            return Err(FormatError::BadConfig(
+                "CONFIG section shorter than the version-1 record",
+            ));
         }
         let mut r = Reader::new(bytes);
         let arch_code = r.u32()?;

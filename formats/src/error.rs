@@ -11,26 +11,46 @@ pub enum FormatError {
     /// The file ends before a structure it declares.
     Truncated,
     /// The header's recorded file size differs from the byte count given.
-    FileSizeMismatch { recorded: u64, actual: u64 },
+    FileSizeMismatch {
+        recorded: u64,
+        actual: u64,
+    },
     /// The bytes do not start at an address aligned for in-place f32 views (use mmap or `AlignedBytes`).
     Misaligned,
     /// This host is big-endian; tensors are little-endian and used in place.
     BigEndianHost,
     BadHeader(&'static str),
     HeaderChecksum,
-    SectionOutOfBounds { kind: u32 },
-    SectionOverlap { kind: u32 },
-    DuplicateSection { kind: u32 },
-    MissingSection { kind: u32 },
-    SectionChecksum { kind: u32 },
+    SectionOutOfBounds {
+        kind: u32,
+    },
+    SectionOverlap {
+        kind: u32,
+    },
+    DuplicateSection {
+        kind: u32,
+    },
+    MissingSection {
+        kind: u32,
+    },
+    SectionChecksum {
+        kind: u32,
+    },
     BadConfig(&'static str),
     UnknownArchitecture(u32),
     BadMetadata(&'static str),
     BadTokenizer(&'static str),
     /// Tensor directory entry `index` is malformed; the string says how.
-    BadTensor { index: u32, what: &'static str },
-    TensorChecksum { index: u32 },
-    DuplicateTensorName { index: u32 },
+    BadTensor {
+        index: u32,
+        what: &'static str,
+    },
+    TensorChecksum {
+        index: u32,
+    },
+    DuplicateTensorName {
+        index: u32,
+    },
     TooManyTensors(u64),
     UnknownElementType(u32),
     UnknownScaleKind(u32),
@@ -41,7 +61,10 @@ pub enum FormatError {
     ScaleMismatch,
     SizeOverflow,
     /// Writer: a tensor's data or scale buffer length disagrees with its shape.
-    LengthMismatch { expected: u64, actual: u64 },
+    LengthMismatch {
+        expected: u64,
+        actual: u64,
+    },
 }
 
 impl fmt::Display for FormatError {
@@ -80,7 +103,10 @@ impl fmt::Display for FormatError {
             ScaleMismatch => write!(f, "element type does not accept this scale granularity"),
             SizeOverflow => write!(f, "tensor size overflows 64 bits"),
             LengthMismatch { expected, actual } => {
-                write!(f, "buffer length {actual} does not match the {expected} the shape implies")
+                write!(
+                    f,
+                    "buffer length {actual} does not match the {expected} the shape implies"
+                )
             }
         }
     }

@@ -4,29 +4,34 @@
 //! views into those bytes, ready for the runtime's kernels. With the `alloc` feature, `ModelWriter` builds
 //! files; `blocks` holds the scalar pack/unpack reference for every quantized element type.
 #![cfg_attr(not(feature = "std"), no_std)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+#[cfg(feature = "alloc")]
+mod aligned;
 pub mod blocks;
 pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod layout;
 mod le;
+#[cfg(feature = "std")]
+#[allow(unsafe_code)] // the mmap, and nothing else
+mod mapped;
 pub mod tensor;
 pub mod view;
 #[cfg(feature = "alloc")]
 pub mod writer;
-#[cfg(feature = "alloc")]
-mod aligned;
 
 #[cfg(feature = "alloc")]
 pub use aligned::AlignedBytes;
 pub use config::{Architecture, ModelConfig, RopeScaling, RopeStyle, NO_TOKEN};
 pub use dtype::{ElementType, ScaleKind, Shape};
 pub use error::FormatError;
+#[cfg(feature = "std")]
+pub use mapped::{write_atomic, MapError, MappedFile};
 pub use tensor::{Role, TensorView};
 pub use view::{ModelView, ParseOptions, TokenizerData};
 #[cfg(feature = "alloc")]

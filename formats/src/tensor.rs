@@ -73,7 +73,10 @@ impl Role {
     }
     /// Whether tensors of this role belong to a block (have a layer index).
     pub fn is_per_layer(self) -> bool {
-        !matches!(self, Role::Other | Role::TokenEmbedding | Role::Output | Role::OutputNorm)
+        !matches!(
+            self,
+            Role::Other | Role::TokenEmbedding | Role::Output | Role::OutputNorm
+        )
     }
 }
 

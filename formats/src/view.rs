@@ -3,7 +3,10 @@
 use crate::config::ModelConfig;
 use crate::dtype::tensor_bytes;
 use crate::error::FormatError;
-use crate::layout::{section, tokenizer_kind, ALIGN, HEADER_BYTES, MAGIC, MAX_SECTIONS, MAX_TENSORS, SECTION_ENTRY_BYTES, TENSOR_ENTRY_BYTES, VERSION};
+use crate::layout::{
+    section, tokenizer_kind, ALIGN, HEADER_BYTES, MAGIC, MAX_SECTIONS, MAX_TENSORS, SECTION_ENTRY_BYTES,
+    TENSOR_ENTRY_BYTES, VERSION,
+};
 use crate::le::Reader;
 use crate::tensor::{RawEntry, Role, TensorView};
 
@@ -128,7 +131,9 @@ impl<'a> ModelView<'a> {
             let crc = tr.u32()?;
             let offset = tr.u64()?;
             let len = tr.u64()?;
-            let end = offset.checked_add(len).ok_or(FormatError::SectionOutOfBounds { kind })?;
+            let end = offset
+                .checked_add(len)
+                .ok_or(FormatError::SectionOutOfBounds { kind })?;
             if offset < min_offset as u64 || end > bytes.len() as u64 || offset as usize % ALIGN != 0 {
                 return Err(FormatError::SectionOutOfBounds { kind });
             }
@@ -150,7 +155,12 @@ impl<'a> ModelView<'a> {
             data_start = data_start.max(span.offset + span.len);
             spans[i] = (kind, span);
         }
-        let find = |kind: u32| spans[..section_count as usize].iter().find(|s| s.0 == kind).map(|s| s.1);
+        let find = |kind: u32| {
+            spans[..section_count as usize]
+                .iter()
+                .find(|s| s.0 == kind)
+                .map(|s| s.1)
+        };
         let slice = |s: Span| &bytes[s.offset..s.offset + s.len];
         let required = |kind: u32| find(kind).ok_or(FormatError::MissingSection { kind });
 
@@ -165,7 +175,9 @@ impl<'a> ModelView<'a> {
         let tokenizer = find(section::TOKENIZER);
         if let Some(t) = tokenizer {
             let b = slice(t);
-            let kind = Reader::new(b).u32().map_err(|_| FormatError::BadTokenizer("section shorter than its kind field"))?;
+            let kind = Reader::new(b)
+                .u32()
+                .map_err(|_| FormatError::BadTokenizer("section shorter than its kind field"))?;
             if kind != tokenizer_kind::HF_JSON {
                 return Err(FormatError::BadTokenizer("unknown tokenizer kind"));
             }
@@ -174,7 +186,9 @@ impl<'a> ModelView<'a> {
             }
         }
         let chat_template = match find(section::CHAT_TEMPLATE) {
-            Some(s) => Some(core::str::from_utf8(slice(s)).map_err(|_| FormatError::BadMetadata("chat template is not UTF-8"))?),
+            Some(s) => Some(
+                core::str::from_utf8(slice(s)).map_err(|_| FormatError::BadMetadata("chat template is not UTF-8"))?,
+            ),
             None => None,
         };
         let dir = slice(required(section::TENSORS)?);
@@ -186,7 +200,9 @@ impl<'a> ModelView<'a> {
             return Err(FormatError::TooManyTensors(count));
         }
         if reserved != 0 || dr.remaining() as u64 != count * TENSOR_ENTRY_BYTES as u64 {
-            return Err(FormatError::BadHeader("tensor directory length does not match its count"));
+            return Err(FormatError::BadHeader(
+                "tensor directory length does not match its count",
+            ));
         }
         let view = ModelView {
             bytes,
@@ -223,7 +239,10 @@ impl<'a> ModelView<'a> {
                 if e.scales_offset < cursor {
                     return Err(bad("scales overlap the data"));
                 }
-                cursor = e.scales_offset.checked_add(scales_len).ok_or(bad("scale range overflows"))?;
+                cursor = e
+                    .scales_offset
+                    .checked_add(scales_len)
+                    .ok_or(bad("scale range overflows"))?;
             } else if e.scales_offset != 0 {
                 return Err(bad("unscaled tensor has a scale offset"));
             }
@@ -248,7 +267,10 @@ impl<'a> ModelView<'a> {
         let b = self
             .directory
             .get(start..start + TENSOR_ENTRY_BYTES)
-            .ok_or(FormatError::BadTensor { index, what: "index past the directory" })?;
+            .ok_or(FormatError::BadTensor {
+                index,
+                what: "index past the directory",
+            })?;
         RawEntry::decode(b, index)
     }
 
@@ -265,7 +287,13 @@ impl<'a> ModelView<'a> {
         }
         let range = |off: u64, len: u64| -> Result<&'a [u8], FormatError> {
             let end = off.checked_add(len).ok_or(bad("range overflows"))?;
-            self.bytes.get(off as usize..end as usize).ok_or(bad("range lies past the end of the file"))
+            let (start, end) = match (usize::try_from(off), usize::try_from(end)) {
+                (Ok(s), Ok(e)) => (s, e),
+                _ => return Err(bad("range lies past the end of the file")),
+            };
+            self.bytes
+                .get(start..end)
+                .ok_or(bad("range lies past the end of the file"))
         };
         let data = range(e.data_offset, e.data_len)?;
         let scales_bytes = range(if e.scales_len == 0 { 0 } else { e.scales_offset }, e.scales_len)?;
@@ -316,12 +344,17 @@ impl<'a> ModelView<'a> {
     }
     pub fn metadata(&self) -> MetadataIter<'a> {
         match self.metadata {
-            Some(s) => MetadataIter::new(&self.bytes[s.offset..s.offset + s.len]).unwrap_or_else(|_| MetadataIter::empty()),
+            Some(s) => {
+                MetadataIter::new(&self.bytes[s.offset..s.offset + s.len]).unwrap_or_else(|_| MetadataIter::empty())
+            }
             None => MetadataIter::empty(),
         }
     }
     pub fn metadata_value(&self, key: &str) -> Option<&'a str> {
-        self.metadata().filter_map(Result::ok).find(|(k, _)| *k == key).map(|(_, v)| v)
+        self.metadata()
+            .filter_map(Result::ok)
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
     }
     pub fn tokenizer(&self) -> Option<TokenizerData<'a>> {
         let s = self.tokenizer?;
@@ -345,7 +378,9 @@ pub struct MetadataIter<'a> {
 impl<'a> MetadataIter<'a> {
     fn new(bytes: &'a [u8]) -> Result<Self, FormatError> {
         let mut r = Reader::new(bytes);
-        let left = r.u32().map_err(|_| FormatError::BadMetadata("section shorter than its count"))?;
+        let left = r
+            .u32()
+            .map_err(|_| FormatError::BadMetadata("section shorter than its count"))?;
         Ok(Self { r, left })
     }
     fn empty() -> Self {
@@ -356,7 +391,10 @@ impl<'a> MetadataIter<'a> {
     }
     fn string(&mut self) -> Result<&'a str, FormatError> {
         let len = self.r.u32().map_err(|_| FormatError::BadMetadata("entry truncated"))?;
-        let b = self.r.take(len as usize).map_err(|_| FormatError::BadMetadata("entry truncated"))?;
+        let b = self
+            .r
+            .take(len as usize)
+            .map_err(|_| FormatError::BadMetadata("entry truncated"))?;
         core::str::from_utf8(b).map_err(|_| FormatError::BadMetadata("string is not UTF-8"))
     }
 }

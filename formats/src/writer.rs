@@ -4,11 +4,16 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::blocks::{pack_ternary2_row, pack_ternary3_row, quantize_int4_row, quantize_int8_row, BlockTernary2, BlockTernary3, NotTernary, TERNARY_BLOCK_WEIGHTS};
+use crate::blocks::{
+    pack_ternary2_row, pack_ternary3_row, quantize_int4_row, quantize_int8_row, BlockTernary2, BlockTernary3,
+    NotTernary, TERNARY_BLOCK_WEIGHTS,
+};
 use crate::config::ModelConfig;
 use crate::dtype::{tensor_bytes, ElementType, ScaleKind, Shape};
 use crate::error::FormatError;
-use crate::layout::{section, tokenizer_kind, ALIGN, HEADER_BYTES, MAGIC, NO_LAYER, SECTION_ENTRY_BYTES, TENSOR_ENTRY_BYTES, VERSION};
+use crate::layout::{
+    section, tokenizer_kind, ALIGN, HEADER_BYTES, MAGIC, NO_LAYER, SECTION_ENTRY_BYTES, TENSOR_ENTRY_BYTES, VERSION,
+};
 use crate::le::Writer;
 use crate::tensor::Role;
 
@@ -68,7 +73,10 @@ impl TensorData {
     }
 
     pub fn f16(name: &str, role: Role, layer: Option<u32>, shape: Shape, values: &[f32]) -> Self {
-        let data = values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+        let data = values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
         Self {
             name: name.into(),
             role,
@@ -110,7 +118,11 @@ impl TensorData {
         let rows = values.len() / cols.max(1);
         let mut data = vec![0u8; rows * row_bytes];
         let mut scales = vec![0f32; rows * groups];
-        for ((row, out), sc) in values.chunks(cols).zip(data.chunks_mut(row_bytes)).zip(scales.chunks_mut(groups)) {
+        for ((row, out), sc) in values
+            .chunks(cols)
+            .zip(data.chunks_mut(row_bytes))
+            .zip(scales.chunks_mut(groups))
+        {
             quantize_int4_row(row, group as usize, out, sc);
         }
         Self {
@@ -287,7 +299,9 @@ impl ModelWriter {
             let mut w = Writer::new(&mut dir);
             w.u32(self.tensors.len() as u32);
             w.u32(0);
-            for ((t, &(name_off, name_len)), &(data_off, scales_off)) in self.tensors.iter().zip(&name_spans).zip(&tensor_offsets) {
+            for ((t, &(name_off, name_len)), &(data_off, scales_off)) in
+                self.tensors.iter().zip(&name_spans).zip(&tensor_offsets)
+            {
                 w.u32(name_off);
                 w.u32(name_len);
                 w.u32(t.role as u32);
