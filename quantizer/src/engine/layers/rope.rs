@@ -1,0 +1,98 @@
+//! Rotary position embedding.
+//!
+//! Pair `i` of every head (`(x[2i], x[2i+1])` interleaved, `(x[i], x[i+d/2])` half) at position `p` is rotated
+//! by the angle `p·f_i`, `f_i = θ^(−2i/d)`, optionally rescaled as Llama 3.1 does. A rotation is orthogonal, so
+//! the backward is the inverse rotation of the gradient ([`RopeDirection::Inverse`]).
+
+use rayon::prelude::*;
+use tern_format::{RopeScaling, RopeStyle};
+
+use crate::engine::backend::{RopeDims, RopeDirection};
+use crate::engine::scalar::Float;
+
+/// Inverse frequencies `f_i`, `i < head_dim/2`, including Llama-3 scaling.
+pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: RopeScaling) -> Vec<f64> {
+    let half = head_dim / 2;
+    (0..half)
+        .map(|i| {
+            let f = theta.powf(-(2.0 * i as f64) / head_dim as f64);
+            match scaling {
+                RopeScaling::None => f,
+                RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_context,
+                } => llama3_scale(
+                    f,
+                    factor as f64,
+                    low_freq_factor as f64,
+                    high_freq_factor as f64,
+                    original_context,
+                ),
+            }
+        })
+        .collect()
+}
+
+/// Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between interpolated.
+fn llama3_scale(f: f64, factor: f64, low: f64, high: f64, original_context: u32) -> f64 {
+    let original = original_context as f64;
+    let wavelen = 2.0 * std::f64::consts::PI / f;
+    let low_freq_wavelen = original / low;
+    let high_freq_wavelen = original / high;
+    if wavelen < high_freq_wavelen {
+        f
+    } else if wavelen > low_freq_wavelen {
+        f / factor
+    } else {
+        let smooth = (original / wavelen - low) / (high - low);
+        (1.0 - smooth) * f / factor + smooth * f
+    }
+}
+
+/// The `[seq_len, head_dim/2, (cos, sin)]` table the [`rope`](crate::engine::Backend::rope) kernel reads,
+/// computed in f64.
+pub fn rope_table(seq_len: usize, head_dim: usize, theta: f64, scaling: RopeScaling) -> Vec<f64> {
+    let freqs = inverse_frequencies(head_dim, theta, scaling);
+    let mut table = Vec::with_capacity(seq_len * head_dim);
+    for pos in 0..seq_len {
+        for &f in &freqs {
+            let (s, c) = (pos as f64 * f).sin_cos();
+            table.push(c);
+            table.push(s);
+        }
+    }
+    table
+}
+
+/// Index of the two elements of pair `i` in a head of `head_dim`.
+#[inline(always)]
+fn pair(style: RopeStyle, i: usize, head_dim: usize) -> (usize, usize) {
+    match style {
+        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+        RopeStyle::Half => (i, i + head_dim / 2),
+    }
+}
+
+pub(crate) fn rope_cpu<T: Float>(x: &mut [T], table: &[T], dims: RopeDims, direction: RopeDirection) {
+    let width = dims.n_heads * dims.head_dim;
+    let half = dims.head_dim / 2;
+    x.par_chunks_mut(width).enumerate().for_each(|(row, xr)| {
+        let pos = row % dims.seq_len;
+        let angles = &table[pos * dims.head_dim..(pos + 1) * dims.head_dim];
+        for head in xr.chunks_mut(dims.head_dim) {
+            for i in 0..half {
+                let (c, s) = (angles[2 * i], angles[2 * i + 1]);
+                let s = match direction {
+                    RopeDirection::Forward => s,
+                    RopeDirection::Inverse => -s,
+                };
+                let (ia, ib) = pair(dims.style, i, dims.head_dim);
+                let (a, b) = (head[ia], head[ib]);
+                head[ia] = a * c - b * s;
+                head[ib] = a * s + b * c;
+            }
+        }
+    });
+}

@@ -1,0 +1,34 @@
+//! The training engine: llm.c-style forward/backward passes of a Llama / BitNet b1.58 transformer with
+//! quantization-aware training (absmean ternary weights, optional int8 activations, straight-through
+//! gradients), AdamW, and a backend interface that a CUDA implementation can fill in.
+//!
+//! * [`backend`]: the [`Backend`] trait (storage + kernels); [`cpu`]: [`CpuBackend`] (rayon + `gemm`).
+//! * [`layers`]: one forward/backward pair per layer.
+//! * [`model`]: [`Transformer`], [`Parameters`], [`ParamLayout`], activation recomputation, memory accounting.
+//! * [`optim`]: [`AdamW`], learning-rate schedules, clipping.
+//!
+//! Every backward is checked against central finite differences in f64 (`tests/engine_*.rs`).
+
+pub mod backend;
+pub mod cpu;
+pub mod error;
+pub mod layers;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod scalar;
+
+pub use backend::{
+    AdamWParams, AttentionDims, Backend, GatedActivation, GemmSpec, LossGrad, RopeDims, RopeDirection, WriteMode,
+    IGNORE_INDEX,
+};
+pub use cpu::CpuBackend;
+pub use error::{EngineError, EngineResult, NonFiniteSource};
+pub use layers::{ParamId, QuantScratch, Weights};
+pub use model::{
+    estimate_memory, tiny_config, Batch, EngineConfig, LossReport, MemoryEstimate, Objective, ParamKind, ParamLayout,
+    ParamSpec, Parameters, QuantConfig, Recompute, StepReport, Transformer,
+};
+pub use optim::{global_grad_norm, AdamW, AdamWConfig, DecayShape, LrSchedule, OptimStepReport};
+pub use rng::SplitMix64;
+pub use scalar::Float;
