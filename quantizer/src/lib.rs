@@ -1,2 +1,11 @@
-pub mod engine;
-pub fn placeholder() {}
+//! tern-quantizer: import Llama-family checkpoints (GGUF, Hugging Face safetensors) and ternarize them.
+
+pub mod error;
+pub mod gguf;
+pub mod gguf_import;
+pub mod hf;
+pub mod model;
+pub mod tokenizer_json;
+
+pub use error::ImportError;
+pub use model::{load, SourceModel, SourceTensor};
