@@ -1,5 +1,6 @@
 //! tern-quantizer: import Llama-family checkpoints (GGUF, Hugging Face safetensors) and ternarize them.
 
+pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod gguf_import;
