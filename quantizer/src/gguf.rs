@@ -638,10 +638,11 @@ impl GgufTensorInfo {
     }
     /// Number of rows: the product of all dims but the first (validated not to overflow).
     pub fn rows(&self) -> u64 {
-        self.dims.iter().skip(1).product()
+        // Saturating only matters for infos built by hand: parsed ones were checked not to overflow.
+        self.dims.iter().skip(1).try_fold(1u64, |a, &d| a.checked_mul(d)).unwrap_or(u64::MAX)
     }
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).unwrap_or(u64::MAX)
     }
     /// Row-major shape, outermost first (the reverse of `dims`): `[rows, cols]` for a matrix.
     pub fn shape(&self) -> Vec<usize> {

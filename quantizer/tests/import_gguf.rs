@@ -1,0 +1,303 @@
+//! GGUF reader tests against fixtures written by scripts/make_gguf_fixtures.py with the `gguf` PyPI package
+//! (0.19.0): metadata of every value type, dequantization of every supported type, and a complete tiny Llama.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+use tern_format::{Architecture, Role, RopeScaling, RopeStyle};
+use tern_quantizer::gguf::{GgmlType, GgufFile, MetaType, MetaValue};
+use tern_quantizer::{load, ImportError};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn read_f32_file(path: &std::path::Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(bytes.len() % 4, 0);
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+fn tiny_meta() -> Value {
+    serde_json::from_slice(&std::fs::read(fixture("tiny_meta.json")).unwrap()).unwrap()
+}
+
+/// gguf-py's names for the value types (GGUFValueType).
+fn py_type_name(t: MetaType) -> &'static str {
+    match t {
+        MetaType::U8 => "UINT8",
+        MetaType::I8 => "INT8",
+        MetaType::U16 => "UINT16",
+        MetaType::I16 => "INT16",
+        MetaType::U32 => "UINT32",
+        MetaType::I32 => "INT32",
+        MetaType::F32 => "FLOAT32",
+        MetaType::Bool => "BOOL",
+        MetaType::String => "STRING",
+        MetaType::Array => "ARRAY",
+        MetaType::U64 => "UINT64",
+        MetaType::I64 => "INT64",
+        MetaType::F64 => "FLOAT64",
+    }
+}
+
+/// The JSON form the fixture script writes: explicit types, floats as bit patterns.
+fn meta_to_json(v: &MetaValue) -> Value {
+    let ty = py_type_name(v.meta_type());
+    match v {
+        MetaValue::F32(f) => json!({"type": ty, "bits": f.to_bits()}),
+        MetaValue::F64(f) => json!({"type": ty, "bits": f.to_bits()}),
+        MetaValue::Array(elem, items) => {
+            json!({"type": ty, "elem": py_type_name(*elem), "items": items.iter().map(meta_to_json).collect::<Vec<_>>()})
+        }
+        MetaValue::U8(x) => json!({"type": ty, "value": x}),
+        MetaValue::I8(x) => json!({"type": ty, "value": x}),
+        MetaValue::U16(x) => json!({"type": ty, "value": x}),
+        MetaValue::I16(x) => json!({"type": ty, "value": x}),
+        MetaValue::U32(x) => json!({"type": ty, "value": x}),
+        MetaValue::I32(x) => json!({"type": ty, "value": x}),
+        MetaValue::U64(x) => json!({"type": ty, "value": x}),
+        MetaValue::I64(x) => json!({"type": ty, "value": x}),
+        MetaValue::Bool(x) => json!({"type": ty, "value": x}),
+        MetaValue::String(x) => json!({"type": ty, "value": x}),
+    }
+}
+
+#[test]
+fn tiny_gguf_header_alignment_and_tensor_infos_match_the_writer() {
+    let g = GgufFile::open(fixture("tiny.gguf")).unwrap();
+    let meta = tiny_meta();
+    assert_eq!(g.version(), 3);
+    assert_eq!(g.alignment(), 64, "general.alignment = 64 must override the default 32");
+    assert_eq!(g.data_start() % 64, 0);
+    let expected = meta["tensors"].as_array().unwrap();
+    assert_eq!(g.tensors().len(), expected.len());
+    for (t, e) in g.tensors().iter().zip(expected) {
+        assert_eq!(t.name, e["name"].as_str().unwrap());
+        assert_eq!(t.ggml_type.name().to_ascii_uppercase(), e["type"].as_str().unwrap().to_ascii_uppercase());
+        let shape: Vec<usize> = e["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        assert_eq!(t.shape(), shape, "{}", t.name);
+        assert_eq!(t.offset % 64, 0, "{}: offsets are multiples of the alignment", t.name);
+        assert_eq!(Some(t.n_bytes), t.ggml_type.row_bytes(t.cols()).map(|rb| rb * t.rows()));
+    }
+}
+
+#[test]
+fn tiny_gguf_metadata_of_every_type_matches_the_writer() {
+    let g = GgufFile::open(fixture("tiny.gguf")).unwrap();
+    let meta = tiny_meta();
+    let expected = meta["metadata"].as_object().unwrap();
+    assert_eq!(g.metadata().len(), expected.len(), "key count");
+    let mut types_seen = std::collections::HashSet::new();
+    for (key, value) in g.metadata() {
+        let want = expected.get(key).unwrap_or_else(|| panic!("unexpected key {key}"));
+        assert_eq!(&meta_to_json(value), want, "{key}");
+        types_seen.insert(py_type_name(value.meta_type()));
+        if let MetaValue::Array(elem, _) = value {
+            types_seen.insert(py_type_name(*elem));
+        }
+    }
+    assert_eq!(types_seen.len(), 13, "every GGUF value type is exercised: {types_seen:?}");
+    // Typed getters.
+    assert_eq!(g.get_u32("test.u32").unwrap(), Some(4_000_000_000));
+    assert_eq!(g.get_u32("test.u8").unwrap(), Some(200));
+    assert!(matches!(g.get_u32("test.i8"), Err(ImportError::BadKey { .. })), "negative value for u32");
+    assert!(matches!(g.get_u32("test.string"), Err(ImportError::BadKey { .. })));
+    assert!(matches!(g.require_u32("no.such.key"), Err(ImportError::MissingKey { key, .. }) if key == "no.such.key"));
+    assert_eq!(g.get_f64("test.f32").unwrap(), Some(f64::from(3.14159f32)));
+    assert_eq!(g.get_str_array("test.array.string").unwrap().unwrap(), ["a", "bb", "", "ünicøde"]);
+    assert_eq!(g.get_int_array("test.array.u64").unwrap().unwrap(), [0, u64::MAX as i128]);
+}
+
+/// Exact comparison is the honest bound: for every type, the gguf package's numpy code and ours do the same f32
+/// operations in the same order (f16 → f32 widening is exact, then one multiply and at most one add/subtract), and
+/// Rust never fuses them into an FMA. So any difference, even one ulp, is a bug.
+#[test]
+fn tiny_gguf_dequantization_is_bit_identical_to_gguf_py() {
+    let g = GgufFile::open(fixture("tiny.gguf")).unwrap();
+    let mut checked = std::collections::BTreeSet::new();
+    for t in g.tensors() {
+        if !t.ggml_type.can_dequantize() {
+            continue;
+        }
+        let expected = read_f32_file(&fixture(&format!("tiny_dequant/{}.f32", t.name)));
+        let got = g.dequantize(t).unwrap();
+        assert_eq!(got.len(), expected.len(), "{}", t.name);
+        for (i, (a, b)) in got.iter().zip(&expected).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "{} element {i}: {a} vs gguf-py {b}", t.name);
+        }
+        checked.insert(t.ggml_type.name());
+    }
+    let want = [
+        "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "tq1_0",
+        "tq2_0",
+    ];
+    for w in want {
+        assert!(checked.contains(w), "{w} not covered by the fixture");
+    }
+}
+
+#[test]
+fn dequantize_rows_equals_slices_of_the_whole_tensor() {
+    let g = GgufFile::open(fixture("tiny.gguf")).unwrap();
+    for t in g.tensors().iter().filter(|t| t.ggml_type.can_dequantize()) {
+        let all = g.dequantize(t).unwrap();
+        let cols = t.cols() as usize;
+        for first in 0..t.rows() {
+            for count in 0..=(t.rows() - first) {
+                let part = g.dequantize_rows(t, first, count).unwrap();
+                let start = first as usize * cols;
+                assert_eq!(part, all[start..start + count as usize * cols], "{} rows {first}+{count}", t.name);
+            }
+        }
+        assert!(matches!(g.dequantize_rows(t, t.rows(), 1), Err(ImportError::BadTensor { .. })));
+        assert!(matches!(g.dequantize_rows(t, 1, u64::MAX), Err(ImportError::BadTensor { .. })));
+    }
+}
+
+#[test]
+fn unsupported_type_is_a_typed_error_but_its_raw_bytes_are_readable() {
+    let g = GgufFile::open(fixture("tiny.gguf")).unwrap();
+    let meta = tiny_meta();
+    let t = g.tensor_info("q8_1.unsupported").unwrap();
+    assert_eq!(t.ggml_type, GgmlType::Q8_1);
+    match g.dequantize(t) {
+        Err(ImportError::UnsupportedTensorType { tensor, dtype, .. }) => {
+            assert_eq!(tensor, "q8_1.unsupported");
+            assert!(dtype.contains("q8_1"), "{dtype}");
+        }
+        other => panic!("expected UnsupportedTensorType, got {other:?}"),
+    }
+    let want_hex = meta["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "q8_1.unsupported")
+        .unwrap()["raw_hex"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let got_hex: String = g.tensor_bytes(t).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(got_hex, want_hex);
+}
+
+#[test]
+fn raw_bytes_of_quantized_tensors_are_the_stored_blocks() {
+    // Q8_0 stores an f16 scale then 32 int8 per block: re-derive the dequantized values from the raw bytes.
+    let g = GgufFile::open(fixture("tiny.gguf")).unwrap();
+    let t = g.tensor_info("q8_0.matrix").unwrap();
+    let raw = g.tensor_bytes(t).unwrap();
+    assert_eq!(raw.len() as u64, t.n_bytes);
+    let mut manual = Vec::new();
+    for block in raw.chunks_exact(34) {
+        let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+        manual.extend(block[2..].iter().map(|&q| q as i8 as f32 * d));
+    }
+    assert_eq!(manual, g.dequantize(t).unwrap());
+}
+
+#[test]
+fn tiny_llama_gguf_loads_into_a_validated_source_model() {
+    let m = load(fixture("tiny-llama.gguf")).unwrap();
+    let c = m.config;
+    assert_eq!(c.arch, Architecture::Llama);
+    assert_eq!(
+        (c.hidden_size, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_size),
+        (32, 2, 2, 1, 16, 64)
+    );
+    assert_eq!((c.vocab_size, c.context_length), (271, 256));
+    assert_eq!(c.rope_theta, 10_000.0);
+    assert_eq!(c.norm_eps, 1e-5);
+    assert_eq!(c.rope_scaling, RopeScaling::None);
+    assert_eq!(c.rope_style, RopeStyle::Interleaved);
+    assert!(c.tied_embeddings);
+    assert_eq!((c.bos_token, c.eos_token, c.pad_token, c.add_bos), (1, 2, 2, false));
+    assert_eq!(m.tensors.len(), 2 + 2 * 9);
+    assert!(m.chat_template.as_deref().unwrap().contains("<|im_start|>"));
+    assert_eq!(m.metadata_value("general.name"), Some("tern tiny llama"));
+    assert_eq!(m.metadata_value("source.format"), Some("gguf"));
+
+    let q = m.tensor(Role::AttnQ, Some(1)).unwrap();
+    assert_eq!((q.name.as_str(), q.shape.as_slice()), ("blk.1.attn_q.weight", &[32usize, 32][..]));
+    let k = m.tensor(Role::AttnK, Some(0)).unwrap();
+    assert_eq!(k.shape, [16, 32]);
+    assert_eq!(m.tensor(Role::FfnDown, Some(0)).unwrap().shape, [32, 64]);
+    assert_eq!(m.tensor(Role::OutputNorm, None).unwrap().shape, [32]);
+    assert!(m.tensor(Role::Output, None).is_none());
+    assert_eq!(m.output_head().unwrap().name, "token_embd.weight");
+
+    // Values equal the reader's dequantization (which the tiny.gguf test ties to gguf-py).
+    let g = GgufFile::open(fixture("tiny-llama.gguf")).unwrap();
+    for t in &m.tensors {
+        assert_eq!(t.data, g.dequantize(g.tensor_info(&t.name).unwrap()).unwrap(), "{}", t.name);
+    }
+}
+
+#[test]
+fn tiny_llama_tokenizer_matches_the_hand_written_tokenizer_json() {
+    use tokenizers::Tokenizer;
+    let m = load(fixture("tiny-llama.gguf")).unwrap();
+    let synthesized = Tokenizer::from_bytes(&m.tokenizer_json).unwrap();
+    let reference = Tokenizer::from_file(fixture("tiny-llama-hf/tokenizer.json")).unwrap();
+    // Ids by hand: 3 specials, then byte b at id 3 + b, then the 12 merges' results at 259.. in merge order.
+    // "the capital": the pre-tokenizer splits "the" | " capital"; "the" → t + "he" (no "t he" merge),
+    // " capital" → merges 5,6,7,8,9,10,11 in rank order give "Ġcapital" (id 270).
+    let ids = synthesized.encode("the capital", false).unwrap().get_ids().to_vec();
+    assert_eq!(ids, [3 + u32::from(b't'), 260, 270]);
+    for s in [
+        "the capital",
+        " the the  the\tthe\n\nthe",
+        "Digits 1234 and 5.67",
+        "caf\u{e9} na\u{ef}ve \u{6771}\u{4eac} \u{1f680}",
+        "<|im_start|>user\nHello<|im_end|>\n",
+        "",
+        "   ",
+    ] {
+        let a = synthesized.encode(s, false).unwrap();
+        let b = reference.encode(s, false).unwrap();
+        assert_eq!(a.get_ids(), b.get_ids(), "{s:?}");
+        assert_eq!(synthesized.decode(a.get_ids(), false).unwrap(), s, "round trip {s:?}");
+    }
+}
+
+#[test]
+fn not_gguf_and_wrong_version_are_typed_errors() {
+    let bytes = std::fs::read(fixture("tiny.gguf")).unwrap();
+    let mut not = bytes.clone();
+    not[0] = b'X';
+    assert!(matches!(GgufFile::from_bytes("x.gguf", not), Err(ImportError::NotGguf { .. })));
+    assert!(matches!(GgufFile::from_bytes("x.gguf", b"GG".to_vec()), Err(ImportError::NotGguf { .. })));
+    for version in [0u32, 1, 4, u32::MAX] {
+        let mut v = bytes.clone();
+        v[4..8].copy_from_slice(&version.to_le_bytes());
+        match GgufFile::from_bytes("x.gguf", v) {
+            Err(ImportError::UnsupportedGgufVersion { version: got, .. }) => assert_eq!(got, version),
+            other => panic!("version {version}: {other:?}"),
+        }
+    }
+    // Version 2 has the same layout as 3 for everything this reader uses.
+    let mut v2 = bytes.clone();
+    v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+    assert_eq!(GgufFile::from_bytes("x.gguf", v2).unwrap().version(), 2);
+    // Cut one byte into the last tensor's data (the writer pads after it, so the file's last byte is padding).
+    let g = GgufFile::from_bytes("x.gguf", bytes.clone()).unwrap();
+    let last = g.tensors().last().unwrap();
+    let cut = (g.data_start() + last.offset + last.n_bytes - 1) as usize;
+    let err = GgufFile::from_bytes("dir/x.gguf", bytes[..cut].to_vec()).unwrap_err();
+    assert!(matches!(err, ImportError::Truncated { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("dir/x.gguf: truncated: data of tensor 'q8_1.unsupported'"), "{err}");
+}
+
+#[test]
+fn load_rejects_paths_that_are_not_models() {
+    let err = load(fixture("no-such-model.gguf")).unwrap_err();
+    assert!(matches!(err, ImportError::Io { .. }), "{err:?}");
+    let err = load(fixture("tiny_dequant")).unwrap_err();
+    assert!(matches!(err, ImportError::UnrecognizedInput { .. }), "{err:?}");
+    // A valid GGUF that is not a Llama model.
+    let err = load(fixture("tiny.gguf")).unwrap_err();
+    match err {
+        ImportError::UnsupportedArchitecture { arch, .. } => assert_eq!(arch, "tinytest"),
+        other => panic!("{other:?}"),
+    }
+}
