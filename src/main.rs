@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod progress;
 
 #[derive(Parser)]
 #[command(name = "tern", version, about = "Ternary (1.58-bit) LLM quantizer and runtime")]
@@ -17,12 +18,18 @@ struct Cli {
 enum Command {
     /// Print a .tern model's header, hyper-parameters, tokenizer and tensor table.
     Inspect(commands::inspect::Args),
+    /// Import a GGUF or Hugging Face checkpoint and ternarize it (absmean PTQ) into a .tern file.
+    Convert(commands::convert::Args),
+    /// Write a .tern model as GGUF (TQ2_0/TQ1_0/Q2_0) for llama.cpp.
+    ExportGguf(commands::export_gguf::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Convert(a) => commands::convert::run(a),
+        Command::ExportGguf(a) => commands::export_gguf::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,9 +3,11 @@
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod gguf_export;
 pub mod gguf_import;
 pub mod hf;
 pub mod model;
+pub mod ptq;
 pub mod tokenizer_json;
 
 pub use error::ImportError;

@@ -1,2 +1,4 @@
 //! One module per `tern` subcommand.
 pub mod inspect;
+pub mod convert;
+pub mod export_gguf;
