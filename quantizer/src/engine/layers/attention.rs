@@ -65,17 +65,6 @@ impl<B: Backend> AttentionActivations<B> {
             sub_rstd: backend.alloc(if sub { rows } else { 0 })?,
         })
     }
-
-    /// Elements held, for memory accounting.
-    pub fn elements(block: &SelfAttention) -> usize {
-        let d = block.dims;
-        let sub = if block.sub_norm.is_some() {
-            d.rows() * (d.q_dim() + 1)
-        } else {
-            0
-        };
-        d.rows() * (2 * d.q_dim() + 2 * d.kv_dim()) + d.probs_len() + sub
-    }
 }
 
 /// Gradient buffers the backward pass needs only while it runs (shared by all layers).
@@ -102,19 +91,31 @@ impl<B: Backend> AttentionScratch<B> {
             d_scores: backend.alloc(d.probs_len())?,
         })
     }
+}
 
-    pub fn elements(block: &SelfAttention) -> usize {
-        let d = block.dims;
-        let sub = if block.sub_norm.is_some() {
+impl SelfAttention {
+    /// Elements of [`AttentionActivations`], for memory accounting.
+    pub fn activation_elements(&self) -> usize {
+        let d = self.dims;
+        let sub = if self.sub_norm.is_some() {
+            d.rows() * (d.q_dim() + 1)
+        } else {
+            0
+        };
+        d.rows() * (2 * d.q_dim() + 2 * d.kv_dim()) + d.probs_len() + sub
+    }
+
+    /// Elements of [`AttentionScratch`].
+    pub fn scratch_elements(&self) -> usize {
+        let d = self.dims;
+        let sub = if self.sub_norm.is_some() {
             d.rows() * d.q_dim()
         } else {
             0
         };
         d.rows() * (2 * d.q_dim() + 2 * d.kv_dim()) + d.probs_len() + sub
     }
-}
 
-impl SelfAttention {
     /// `residual += o_proj(sub_norm?(attention(rope(x·Wqᵀ), rope(x·Wkᵀ), x·Wvᵀ)))`; `x` is the normed input.
     #[allow(clippy::too_many_arguments)]
     pub fn forward<B: Backend>(

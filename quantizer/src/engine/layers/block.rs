@@ -42,13 +42,6 @@ impl<B: Backend> BlockActivations<B> {
             mlp: MlpActivations::new(backend, &block.mlp)?,
         })
     }
-
-    pub fn elements(block: &TransformerBlock) -> usize {
-        let rows = block.mlp.rows;
-        rows * (3 * block.attn_norm.dim + 2)
-            + AttentionActivations::<B>::elements(&block.attention)
-            + MlpActivations::<B>::elements(&block.mlp)
-    }
 }
 
 /// Backward-only buffers, shared by all layers.
@@ -67,15 +60,21 @@ impl<B: Backend> BlockScratch<B> {
             mlp: MlpScratch::new(backend, &block.mlp)?,
         })
     }
-
-    pub fn elements(block: &TransformerBlock) -> usize {
-        block.mlp.rows * block.attn_norm.dim
-            + AttentionScratch::<B>::elements(&block.attention)
-            + MlpScratch::<B>::elements(&block.mlp)
-    }
 }
 
 impl TransformerBlock {
+    /// Elements of [`BlockActivations`], for memory accounting.
+    pub fn activation_elements(&self) -> usize {
+        self.mlp.rows * (3 * self.attn_norm.dim + 2)
+            + self.attention.activation_elements()
+            + self.mlp.activation_elements()
+    }
+
+    /// Elements of [`BlockScratch`].
+    pub fn scratch_elements(&self) -> usize {
+        self.mlp.rows * self.attn_norm.dim + self.attention.scratch_elements() + self.mlp.scratch_elements()
+    }
+
     /// Computes `x_out` from `x_in`, saving activations in `acts`.
     #[allow(clippy::too_many_arguments)]
     pub fn forward<B: Backend>(

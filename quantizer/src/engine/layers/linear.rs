@@ -164,6 +164,19 @@ impl OutputHead {
     }
 }
 
+/// Clamp that lets NaN through (like `torch.clamp`): `f32::max`/`min` would turn a NaN into a bound and hide a
+/// diverging run from the non-finite checks.
+#[inline(always)]
+fn clamp<T: Float>(x: T, lo: T, hi: T) -> T {
+    if x < lo {
+        lo
+    } else if x > hi {
+        hi
+    } else {
+        x
+    }
+}
+
 /// `mean|w|` with a fixed chunking (deterministic), accumulated in f64.
 pub(crate) fn mean_abs_cpu<T: Float>(w: &[T]) -> f64 {
     if w.is_empty() {
@@ -189,7 +202,7 @@ pub(crate) fn fake_quantize_ternary_cpu<T: Float>(out: &mut [T], w: &[T]) {
         .zip(w.par_chunks(REDUCE_CHUNK))
         .for_each(|(o, w)| {
             for (o, &w) in o.iter_mut().zip(w) {
-                *o = (w * inv).round_even().max(-T::ONE).min(T::ONE) * s;
+                *o = clamp((w * inv).round_even(), -T::ONE, T::ONE) * s;
             }
         });
 }
@@ -201,7 +214,7 @@ pub(crate) fn fake_quantize_int8_rows_cpu<T: Float>(out: &mut [T], x: &[T], cols
         let absmax = x.iter().fold(T::ZERO, |m, v| m.max(v.abs()));
         let scale = T::from_f64(127.0) / absmax.max(T::from_f64(QUANT_EPS));
         for (o, &x) in o.iter_mut().zip(x) {
-            *o = (x * scale).round_even().max(lo).min(hi) / scale;
+            *o = clamp((x * scale).round_even(), lo, hi) / scale;
         }
     });
 }

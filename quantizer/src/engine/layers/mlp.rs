@@ -49,11 +49,6 @@ impl<B: Backend> MlpActivations<B> {
             sub_rstd: backend.alloc(if sub { rows } else { 0 })?,
         })
     }
-
-    pub fn elements(block: &GatedMlp) -> usize {
-        let (rows, ffn) = (block.rows, block.gate.out_features);
-        3 * rows * ffn + if block.sub_norm.is_some() { rows * (ffn + 1) } else { 0 }
-    }
 }
 
 /// Backward-only gradient buffers, shared by all layers.
@@ -75,14 +70,21 @@ impl<B: Backend> MlpScratch<B> {
             d_up: backend.alloc(n)?,
         })
     }
-
-    pub fn elements(block: &GatedMlp) -> usize {
-        let n = block.rows * block.gate.out_features;
-        3 * n + if block.sub_norm.is_some() { n } else { 0 }
-    }
 }
 
 impl GatedMlp {
+    /// Elements of [`MlpActivations`], for memory accounting.
+    pub fn activation_elements(&self) -> usize {
+        let (rows, ffn) = (self.rows, self.gate.out_features);
+        3 * rows * ffn + if self.sub_norm.is_some() { rows * (ffn + 1) } else { 0 }
+    }
+
+    /// Elements of [`MlpScratch`].
+    pub fn scratch_elements(&self) -> usize {
+        let n = self.rows * self.gate.out_features;
+        3 * n + if self.sub_norm.is_some() { n } else { 0 }
+    }
+
     /// `residual += down(sub_norm?(act(gate(x)) ⊙ up(x)))`; `x` is the normed input.
     pub fn forward<B: Backend>(
         &self,

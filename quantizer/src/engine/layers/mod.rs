@@ -86,12 +86,12 @@ impl<B: Backend> QuantScratch<B> {
     pub fn allocated_elements(&self, backend: &B) -> usize {
         self.buffers.iter().map(|(_, b)| backend.buf_len(b)).sum()
     }
+}
 
-    /// Elements [`QuantScratch::new`] allocates, for memory accounting.
-    pub fn elements(rows: usize, widths: &[usize]) -> usize {
-        let mut unique: Vec<usize> = widths.to_vec();
-        unique.sort_unstable();
-        unique.dedup();
-        unique.iter().map(|w| rows * w).sum()
-    }
+/// Elements [`QuantScratch::new`] allocates for `rows` and these input widths, for memory accounting.
+pub fn quant_scratch_elements(rows: usize, widths: &[usize]) -> usize {
+    let mut unique: Vec<usize> = widths.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    unique.iter().map(|w| rows * w).sum()
 }
