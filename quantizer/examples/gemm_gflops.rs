@@ -1,0 +1,81 @@
+//! GFLOP/s of the training engine's CPU GEMM on the matrix products of a SmolLM2-sized layer.
+//!
+//! `cargo run --release -p tern-quantizer --example gemm_gflops`
+//!
+//! Shapes are those of one 512-token micro-batch through the 576→1536 MLP projection: the forward product
+//! `x·Wᵀ`, the input gradient `dy·W` and the weight gradient `dyᵀ·x`, plus the square 576×576 attention
+//! projection. Each runs through `Backend::matmul` (what the engine calls) on 1 and 2 rayon threads and is
+//! compared with the machine's peak: cores × 2 FMA pipes × 8 f32 lanes (256-bit) × 2 flops × clock. Zen 4
+//! executes AVX-512 as two 256-bit halves, so the peak is the same whether or not AVX-512 is exposed.
+
+use std::time::Instant;
+
+use tern_quantizer::engine::{Backend, CpuBackend, GemmSpec, WriteMode};
+
+fn cpu_mhz() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn measure(backend: &CpuBackend<f32>, spec: GemmSpec) -> f64 {
+    let (a_len, b_len) = (spec.m * spec.k, spec.k * spec.n);
+    let a: Vec<f32> = (0..a_len).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01).collect();
+    let b: Vec<f32> = (0..b_len).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.01).collect();
+    let mut out = vec![0.0f32; spec.m * spec.n];
+    let flops = 2.0 * (spec.m * spec.n * spec.k) as f64;
+    // Warm up, then time enough repetitions for ~0.5 s; report the best of three such runs (the machine is
+    // shared, so the best run is the closest to the kernel's own speed).
+    let run = |out: &mut Vec<f32>, reps: usize| {
+        let t = Instant::now();
+        for _ in 0..reps {
+            backend.matmul(out, &a, &b, spec).expect("shapes are consistent");
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let once = run(&mut out, 3) / 3.0;
+    let reps = ((0.5 / once) as usize).max(3);
+    (0..3)
+        .map(|_| flops * reps as f64 / run(&mut out, reps) / 1e9)
+        .fold(0.0, f64::max)
+}
+
+fn main() {
+    let backend = CpuBackend::<f32>::new();
+    let gemm = |m, n, k, a_transposed, b_transposed| GemmSpec {
+        m,
+        n,
+        k,
+        a_transposed,
+        b_transposed,
+        mode: WriteMode::Overwrite,
+    };
+    let shapes = [
+        ("forward  x·Wᵀ  512×576 → 1536", gemm(512, 1536, 576, false, true)),
+        ("backward dy·W  512×1536 → 576", gemm(512, 576, 1536, false, false)),
+        ("backward dyᵀ·x 1536×512 · 512×576", gemm(1536, 576, 512, true, false)),
+        ("forward  x·Wᵀ  512×576 → 576", gemm(512, 576, 576, false, true)),
+    ];
+    let mhz = cpu_mhz().unwrap_or(0.0);
+    let peak_per_core = 2.0 * 8.0 * 2.0 * mhz / 1000.0;
+    println!("clock {mhz:.0} MHz (from /proc/cpuinfo): peak {peak_per_core:.1} GFLOP/s per core");
+    for threads in [1usize, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        let peak = peak_per_core * threads as f64;
+        for (name, spec) in shapes {
+            let gflops = pool.install(|| measure(&backend, spec));
+            println!(
+                "{threads} thread(s)  {name:<36} {gflops:6.1} GFLOP/s  ({:.0}% of {peak:.0})",
+                100.0 * gflops / peak
+            );
+        }
+    }
+}
