@@ -1,6 +1,8 @@
 //! Each scalar kernel against a plain computation: integer kernels must match i64 sums over weights unpacked
 //! by tern-format's reference exactly; float kernels must match f64 sums to f32 rounding
 //! (|Δ| ≤ 1e-5 · Σ|wᵢxᵢ| + 1e-6, the bound for ≤ 1000-term f32 sums).
+// Index loops mirror the formulas they check.
+#![allow(clippy::needless_range_loop)]
 
 use half::f16;
 use rand::{Rng, SeedableRng};

@@ -41,10 +41,8 @@ fn tokenizer_json() -> Vec<u8> {
     vocab.insert("<|im_start|>".into(), json!(IM_START));
     vocab.insert("<|im_end|>".into(), json!(IM_END));
     let merges = [("h", "e"), ("l", "l"), ("Ġ", "w"), ("he", "ll")];
-    let mut next = 259;
-    for (a, b) in merges {
-        vocab.insert(format!("{a}{b}"), json!(next));
-        next += 1;
+    for (id, (a, b)) in (259..).zip(merges) {
+        vocab.insert(format!("{a}{b}"), json!(id));
     }
     let added = |id: u32, content: &str| {
         json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,

@@ -86,6 +86,10 @@ pub struct Activations<'a> {
     pub quantized: Option<QuantizedActs<'a>>,
 }
 
+/// `out[t − tokens.start][r − rows.start] = (W·x_t)[r]` for `t` in `tokens`, `r` in `rows`.
+pub type MatMulFn =
+    fn(k: &Kernels, w: &Matrix<'_>, x: &Activations<'_>, tokens: Range<usize>, rows: Range<usize>, out: &mut [f32]);
+
 /// The table of kernels one session uses.
 pub struct Kernels {
     pub name: &'static str,
@@ -108,8 +112,7 @@ pub struct Kernels {
     pub axpy_f32: fn(a: f32, x: &[f32], y: &mut [f32]),
     /// `out[t − tokens.start][r − rows.start] = (W·x_t)[r]`: the matrix product driver. A SIMD table may keep
     /// `matmul_generic` (built on the dot kernels above) or replace it with a tiled kernel.
-    pub matmul:
-        fn(k: &Kernels, w: &Matrix<'_>, x: &Activations<'_>, tokens: Range<usize>, rows: Range<usize>, out: &mut [f32]),
+    pub matmul: MatMulFn,
 }
 
 /// The scalar reference table.

@@ -33,8 +33,7 @@ pub fn quantize_i8(x: &[f32], q: &mut [i8], chunk_sums: &mut [i32]) -> ActQuant 
 /// half `h` of a block is bytes 0..16 at shifts `4h` (weights `32h..32h+16`) and `4h + 2` (the next 16).
 pub fn dot_ternary2(blocks: &[BlockTernary2], start: usize, x: &[i8]) -> i32 {
     let mut acc = 0i32;
-    let mut half = start / CHUNK;
-    for xs in x.chunks_exact(CHUNK) {
+    for (half, xs) in (start / CHUNK..).zip(x.chunks_exact(CHUNK)) {
         let Some(b) = blocks.get(half / 2) else { break };
         let shift = 4 * (half % 2);
         let (lo, hi) = xs.split_at(16);
@@ -45,7 +44,6 @@ pub fn dot_ternary2(blocks: &[BlockTernary2], start: usize, x: &[i8]) -> i32 {
             part += c0 * i32::from(a) + c1 * i32::from(b2);
         }
         acc += part;
-        half += 1;
     }
     acc
 }

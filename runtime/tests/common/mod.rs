@@ -1,5 +1,7 @@
 //! Random small models and an independent float64 reference forward pass for the runtime tests.
 #![allow(dead_code)]
+// Index loops mirror the formulas they check.
+#![allow(clippy::needless_range_loop)]
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -377,7 +379,7 @@ pub fn inv_freq(c: &ModelConfig) -> Vec<f64> {
                     let scaled = if wavelen > old / lo { f / factor } else { f };
                     let smooth = (old / wavelen - lo) / (hi - lo);
                     let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
-                    let medium = !(wavelen < old / hi) && !(wavelen > old / lo);
+                    let medium = wavelen >= old / hi && wavelen <= old / lo;
                     if medium {
                         smoothed
                     } else {
