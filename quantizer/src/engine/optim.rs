@@ -158,7 +158,10 @@ impl AdamWConfig {
             && self.eps > 0.0
             && self.weight_decay.is_finite()
             && self.weight_decay >= 0.0
-            && self.max_grad_norm.map_or(true, |c| c.is_finite() && c > 0.0);
+            && match self.max_grad_norm {
+                Some(c) => c.is_finite() && c > 0.0,
+                None => true,
+            };
         if !ok {
             return Err(EngineError::Config(format!("invalid AdamW settings {self:?}")));
         }
