@@ -22,6 +22,10 @@ enum Command {
     Convert(commands::convert::Args),
     /// Write a .tern model as GGUF (TQ2_0/TQ1_0/Q2_0) for llama.cpp.
     ExportGguf(commands::export_gguf::Args),
+    /// Generate text with a .tern model (streamed), or chat with it when no prompt is given.
+    Run(commands::run::Args),
+    /// Perplexity of a .tern model on a text file, computed as llama.cpp's llama-perplexity does.
+    Perplexity(commands::perplexity::Args),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +34,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::ExportGguf(a) => commands::export_gguf::run(a),
+        Command::Run(a) => commands::run::run(a),
+        Command::Perplexity(a) => commands::perplexity::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,3 +2,5 @@
 pub mod inspect;
 pub mod convert;
 pub mod export_gguf;
+pub mod perplexity;
+pub mod run;
