@@ -1,0 +1,422 @@
+//! Training checkpoints: latent f32 weights, AdamW moments, the step, the data position and the run's
+//! configuration, in one checksummed file written atomically (temp file + fsync + rename), so a crash or a
+//! SIGKILL at any moment leaves either the previous checkpoint or the new one, never a torn file.
+//!
+//! # File layout (version 1, little-endian)
+//!
+//! | bytes | content |
+//! |---|---|
+//! | 8 | magic `TERNCKPT` |
+//! | 4 | format version (`1`) |
+//! | 4 | length `J` of the state JSON |
+//! | J | [`CheckpointState`] as JSON (step, data position, fingerprints, the run's config) |
+//! | 4 | tensor count `N` |
+//! | per tensor | name length (u32), UTF-8 name, element count `n` (u64), `n` f32 weights, `n` f32 AdamW `m`, `n` f32 `v` |
+//! | 4 | CRC-32 (IEEE) of every byte before it |
+//!
+//! Files are named `checkpoint-SSSSSSSS.tck` by step; the newest valid one is the resume point.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const CHECKPOINT_MAGIC: [u8; 8] = *b"TERNCKPT";
+pub const CHECKPOINT_VERSION: u32 = 1;
+const PREFIX: &str = "checkpoint-";
+const SUFFIX: &str = ".tck";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{context} {path}: {source}")]
+    Io {
+        path: PathBuf,
+        context: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a tern checkpoint (bad magic bytes)")]
+    BadMagic { path: PathBuf },
+    #[error("{path} is a version-{version} checkpoint; this build reads version {CHECKPOINT_VERSION}")]
+    UnsupportedVersion { path: PathBuf, version: u32 },
+    #[error("{path} is corrupt: stored CRC-32 {stored:#010x}, computed {computed:#010x}")]
+    ChecksumMismatch { path: PathBuf, stored: u32, computed: u32 },
+    #[error("{path} is truncated or malformed: {what}")]
+    Malformed { path: PathBuf, what: String },
+    #[error("{path}: bad state record: {message}")]
+    BadState { path: PathBuf, message: String },
+    #[error("{path} does not fit this model: {detail}")]
+    LayoutMismatch { path: PathBuf, detail: String },
+    #[error("no checkpoint to resume from in {dir}")]
+    NoCheckpoint { dir: PathBuf },
+}
+
+/// Everything besides the tensors that a bit-for-bit resume needs, plus what validates that the resumed run
+/// is the same run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Training windows drawn so far (the data order is a function of the seed and this count).
+    pub draws: u64,
+    /// The data-order seed (also inside `config`; kept here so the file alone says how to continue).
+    pub seed: u64,
+    /// Training tokens consumed.
+    pub tokens_trained: u64,
+    /// Wall-clock seconds spent training before this checkpoint (all sessions).
+    pub elapsed_s: f64,
+    /// [`crate::data::PackedData::fingerprint`] of the data.
+    pub data_fingerprint: u64,
+    /// Fingerprint of the source model the run started from.
+    pub model_fingerprint: u64,
+    /// The run's [`crate::train::TrainConfig`].
+    pub config: serde_json::Value,
+}
+
+/// One parameter tensor with its AdamW moments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointTensor {
+    pub name: String,
+    pub weights: Vec<f32>,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub state: CheckpointState,
+    pub tensors: Vec<CheckpointTensor>,
+}
+
+fn push_f32s(out: &mut Vec<u8>, xs: &[f32]) {
+    if cfg!(target_endian = "little") {
+        out.extend_from_slice(bytemuck::cast_slice(xs));
+    } else {
+        out.extend(xs.iter().flat_map(|x| x.to_le_bytes()));
+    }
+}
+
+/// A bounds-checked reader over the file bytes.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], CheckpointError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| CheckpointError::Malformed {
+                path: self.path.to_path_buf(),
+                what: format!("{what} runs past the end of the data (offset {}, {n} bytes)", self.pos),
+            })?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, CheckpointError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64, CheckpointError> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn f32s(&mut self, n: usize, what: &str) -> Result<Vec<f32>, CheckpointError> {
+        let len = n.checked_mul(4).ok_or_else(|| CheckpointError::Malformed {
+            path: self.path.to_path_buf(),
+            what: format!("{what}: element count {n} overflows"),
+        })?;
+        Ok(self
+            .take(len, what)?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+}
+
+impl Checkpoint {
+    pub fn encode(&self) -> Vec<u8> {
+        // serde_json cannot fail on this state (string keys, finite or not-a-number floats are written as null).
+        let json = serde_json::to_vec(&self.state).unwrap_or_default();
+        let tensor_bytes: usize = self
+            .tensors
+            .iter()
+            .map(|t| 12 + t.name.len() + 12 * t.weights.len())
+            .sum();
+        let mut out = Vec::with_capacity(24 + json.len() + tensor_bytes);
+        out.extend_from_slice(&CHECKPOINT_MAGIC);
+        out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&json);
+        out.extend_from_slice(&(self.tensors.len() as u32).to_le_bytes());
+        for t in &self.tensors {
+            out.extend_from_slice(&(t.name.len() as u32).to_le_bytes());
+            out.extend_from_slice(t.name.as_bytes());
+            out.extend_from_slice(&(t.weights.len() as u64).to_le_bytes());
+            push_f32s(&mut out, &t.weights);
+            push_f32s(&mut out, &t.m);
+            push_f32s(&mut out, &t.v);
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parses and validates a checkpoint's bytes (`path` is for error messages).
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<Self, CheckpointError> {
+        let malformed = |what: String| CheckpointError::Malformed {
+            path: path.to_path_buf(),
+            what,
+        };
+        if bytes.len() < 8 || bytes[..8] != CHECKPOINT_MAGIC {
+            return Err(CheckpointError::BadMagic {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut r = Reader { bytes, pos: 8, path };
+        let version = r.u32("version")?;
+        if version != CHECKPOINT_VERSION {
+            return Err(CheckpointError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                version,
+            });
+        }
+        // Check the CRC before trusting any length field.
+        let body = bytes
+            .len()
+            .checked_sub(4)
+            .filter(|&b| b >= 16)
+            .ok_or_else(|| malformed("no checksum".into()))?;
+        let stored = u32::from_le_bytes([bytes[body], bytes[body + 1], bytes[body + 2], bytes[body + 3]]);
+        let computed = crc32fast::hash(&bytes[..body]);
+        if stored != computed {
+            return Err(CheckpointError::ChecksumMismatch {
+                path: path.to_path_buf(),
+                stored,
+                computed,
+            });
+        }
+        let r = &mut Reader {
+            bytes: &bytes[..body],
+            pos: r.pos,
+            path,
+        };
+        let json_len = r.u32("state length")? as usize;
+        let state: CheckpointState =
+            serde_json::from_slice(r.take(json_len, "state")?).map_err(|e| CheckpointError::BadState {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let count = r.u32("tensor count")? as usize;
+        let mut tensors = Vec::with_capacity(count.min(1 << 16));
+        for i in 0..count {
+            let name_len = r.u32("tensor name length")? as usize;
+            let name = std::str::from_utf8(r.take(name_len, "tensor name")?)
+                .map_err(|_| malformed(format!("tensor {i}: name is not UTF-8")))?
+                .to_string();
+            let n = usize::try_from(r.u64("element count")?)
+                .map_err(|_| malformed(format!("tensor {name}: element count too large")))?;
+            let weights = r.f32s(n, &name)?;
+            let m = r.f32s(n, &name)?;
+            let v = r.f32s(n, &name)?;
+            tensors.push(CheckpointTensor { name, weights, m, v });
+        }
+        if r.pos != body {
+            return Err(malformed(format!(
+                "{} unexpected bytes after the last tensor",
+                body - r.pos
+            )));
+        }
+        Ok(Self { state, tensors })
+    }
+
+    /// Writes atomically (temp file in the same directory, fsync, rename).
+    pub fn write(&self, path: &Path) -> Result<(), CheckpointError> {
+        tern_format::write_atomic(path, &self.encode()).map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            context: "writing",
+            source,
+        })
+    }
+
+    pub fn read(path: &Path) -> Result<Self, CheckpointError> {
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            context: "reading",
+            source,
+        })?;
+        Self::decode(&bytes, path)
+    }
+
+    /// Checks that the tensors are exactly `expected` (name, element count), in order.
+    pub fn check_layout(&self, expected: &[(String, usize)], path: &Path) -> Result<(), CheckpointError> {
+        let mismatch = |detail: String| CheckpointError::LayoutMismatch {
+            path: path.to_path_buf(),
+            detail,
+        };
+        if self.tensors.len() != expected.len() {
+            return Err(mismatch(format!(
+                "{} tensors, the model has {}",
+                self.tensors.len(),
+                expected.len()
+            )));
+        }
+        for (t, (name, n)) in self.tensors.iter().zip(expected) {
+            if &t.name != name || t.weights.len() != *n {
+                return Err(mismatch(format!(
+                    "tensor {} with {} elements where the model has {name} with {n}",
+                    t.name,
+                    t.weights.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `DIR/checkpoint-SSSSSSSS.tck`.
+pub fn checkpoint_path(dir: &Path, step: u64) -> PathBuf {
+    dir.join(format!("{PREFIX}{step:08}{SUFFIX}"))
+}
+
+/// Checkpoint files in `dir` by ascending step (names only; contents are not read). A missing directory has none.
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(CheckpointError::Io {
+                path: dir.to_path_buf(),
+                context: "listing",
+                source,
+            })
+        }
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let step = name
+            .strip_prefix(PREFIX)
+            .and_then(|s| s.strip_suffix(SUFFIX))
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok());
+        if let Some(step) = step {
+            found.push((step, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The newest checkpoint in `dir`, read and validated.
+pub fn latest_checkpoint(dir: &Path) -> Result<(PathBuf, Checkpoint), CheckpointError> {
+    let list = list_checkpoints(dir)?;
+    let (_, path) = list
+        .last()
+        .ok_or_else(|| CheckpointError::NoCheckpoint { dir: dir.to_path_buf() })?;
+    let ckpt = Checkpoint::read(path)?;
+    Ok((path.clone(), ckpt))
+}
+
+/// Deletes all but the newest `keep` checkpoints (at least one is always kept), and temp files that a killed
+/// writer left behind.
+pub fn prune_checkpoints(dir: &Path, keep: usize) -> Result<(), CheckpointError> {
+    let list = list_checkpoints(dir)?;
+    let keep = keep.max(1);
+    for (_, path) in list.iter().take(list.len().saturating_sub(keep)) {
+        std::fs::remove_file(path).map_err(|source| CheckpointError::Io {
+            path: path.clone(),
+            context: "removing",
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Removes `.checkpoint-*.tmp.*` files left by a writer that was killed between creating and renaming them.
+pub fn remove_stale_temp_files(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name
+                .to_str()
+                .is_some_and(|n| n.starts_with(".checkpoint-") && n.contains(".tmp."))
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Checkpoint {
+        Checkpoint {
+            state: CheckpointState {
+                step: 7,
+                draws: 56,
+                seed: 3,
+                tokens_trained: 1234,
+                elapsed_s: 1.5,
+                data_fingerprint: u64::MAX - 1,
+                model_fingerprint: 99,
+                config: serde_json::json!({"lr": 1e-3}),
+            },
+            tensors: vec![
+                CheckpointTensor {
+                    name: "a".into(),
+                    weights: vec![1.0, -2.5, f32::MIN_POSITIVE],
+                    m: vec![0.1, 0.2, 0.3],
+                    v: vec![0.0, 1e-30, 5.0],
+                },
+                CheckpointTensor {
+                    name: "blk.0.attn_q.weight".into(),
+                    weights: vec![-0.0],
+                    m: vec![0.5],
+                    v: vec![0.25],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip_is_exact() {
+        let c = sample();
+        let bytes = c.encode();
+        let back = Checkpoint::decode(&bytes, Path::new("x")).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.tensors[1].weights[0].to_bits(), (-0.0f32).to_bits());
+    }
+
+    #[test]
+    fn damage_is_detected_with_typed_errors() {
+        let bytes = sample().encode();
+        let p = Path::new("x");
+        for i in (0..bytes.len()).step_by(7) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            assert!(Checkpoint::decode(&bad, p).is_err(), "flip at {i} accepted");
+        }
+        assert!(matches!(
+            Checkpoint::decode(&bytes[..bytes.len() - 3], p),
+            Err(CheckpointError::ChecksumMismatch { .. })
+        ));
+        let mut v2 = bytes.clone();
+        v2[8] = 2;
+        assert!(matches!(
+            Checkpoint::decode(&v2, p),
+            Err(CheckpointError::UnsupportedVersion { version: 2, .. })
+        ));
+        assert!(matches!(
+            Checkpoint::decode(b"NOTACKPT", p),
+            Err(CheckpointError::BadMagic { .. })
+        ));
+    }
+}
