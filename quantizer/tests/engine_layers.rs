@@ -709,3 +709,72 @@ fn mlp_block_matches_finite_differences() {
         }
     }
 }
+
+#[test]
+fn round_half_even_matches_the_standard_library() {
+    use tern_quantizer::engine::Float;
+    let mut rng = SplitMix64::new(15);
+    let mut values: Vec<f64> = (-600..600).map(|k| k as f64 * 0.25).collect();
+    values.extend((0..2000).map(|_| rng.normal() * 300.0));
+    values.extend([
+        4194304.5,
+        8388607.5,
+        8388608.0,
+        8388609.0,
+        1e9 + 0.5,
+        4503599627370495.5,
+        1e300,
+        -1e300,
+    ]);
+    for v in values {
+        let x32 = v as f32;
+        let got32 = Float::round_even(x32);
+        assert!(got32 == x32.round_ties_even(), "f32 {x32}: {got32}");
+        let got64 = Float::round_even(v);
+        assert!(got64 == v.round_ties_even(), "f64 {v}: {got64}");
+    }
+    assert!(Float::round_even(f32::NAN).is_nan() && Float::round_even(f64::NAN).is_nan());
+    assert_eq!(Float::round_even(f32::INFINITY), f32::INFINITY);
+    assert_eq!(Float::round_even(f64::NEG_INFINITY), f64::NEG_INFINITY);
+}
+
+#[test]
+fn matmul_is_deterministic_across_runs_and_thread_counts() {
+    // Resuming a run bit-for-bit needs kernels whose results do not depend on scheduling.
+    use tern_quantizer::engine::GemmSpec;
+    let be = CpuBackend::<f32>::new();
+    let mut rng = SplitMix64::new(16);
+    let (m, n, k) = (300, 200, 500);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+    let spec = GemmSpec {
+        m,
+        n,
+        k,
+        a_transposed: false,
+        b_transposed: true,
+        mode: WriteMode::Overwrite,
+    };
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut out = vec![0.0f32; m * n];
+            be.matmul(&mut out, &a, &b, spec).unwrap();
+            out
+        })
+    };
+    let reference = run(2);
+    assert!(run(2) == reference);
+    assert!(run(1) == reference, "GEMM result depends on the thread count");
+    // And it is a matrix product: compare with an f64 reference.
+    let want = matmul(
+        &a.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+        &transpose(&b.iter().map(|&x| x as f64).collect::<Vec<_>>(), n, k),
+        m,
+        k,
+        n,
+    );
+    for (g, w) in reference.iter().zip(&want) {
+        assert!((*g as f64 - w).abs() < 1e-3, "{g} vs {w}");
+    }
+}

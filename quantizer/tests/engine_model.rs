@@ -424,3 +424,35 @@ fn invalid_inputs_and_non_finite_losses_are_typed_errors() {
     );
     assert!(matches!(Transformer::new(&be, bad), Err(EngineError::Config(_))));
 }
+
+#[test]
+fn model_gradients_do_not_depend_on_the_thread_count() {
+    // Every reduction has a fixed order, so a run resumed with another thread count stays bit-identical.
+    let be = B32::new();
+    let model_cfg = tiny_config(Architecture::Llama, 64, 2, 4, 2, 16, 96, 300, false);
+    let cfg = engine_config(model_cfg, 3, 70, QuantConfig::W158_A8, Recompute::None);
+    let data = random_data(&cfg, 11, true);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut model = Transformer::new(&be, cfg.clone()).unwrap();
+            let params =
+                Parameters::from_host(&be, model.layout(), &random_host_params::<f32>(model.layout(), 12)).unwrap();
+            let mut grads = Parameters::zeros(&be, model.layout()).unwrap();
+            let batch = Batch {
+                tokens: &data.tokens,
+                targets: &data.targets,
+                teacher_logits: None,
+            };
+            let loss = model
+                .forward_train(&be, &params, &batch, &Objective::cross_entropy(), 1.0)
+                .unwrap()
+                .loss;
+            model.backward(&be, &params, &mut grads).unwrap();
+            (loss.to_bits(), grads.to_host(&be).unwrap())
+        })
+    };
+    let two = run(2);
+    assert!(run(1) == two);
+    assert!(run(3) == two);
+}
