@@ -31,21 +31,49 @@ pub fn quantize_i8(x: &[f32], q: &mut [i8], chunk_sums: &mut [i32]) -> ActQuant 
 
 /// `Σ c·x` over 2-bit codes. Weight `i` of a block is in byte `i % 16` at bit `2·(i / 16)`, so the 32-weight
 /// half `h` of a block is bytes 0..16 at shifts `4h` (weights `32h..32h+16`) and `4h + 2` (the next 16).
+///
+/// Products `c·x` lie in [−256, 254], so the 64 of a block (or 32 of a half) sum exactly in 16-bit lanes:
+/// 16 lanes of i16, widened to i32 once per block — the shape LLVM turns into 16-bit vector multiplies.
 pub fn dot_ternary2(blocks: &[BlockTernary2], start: usize, x: &[i8]) -> i32 {
     let mut acc = 0i32;
-    for (half, xs) in (start / CHUNK..).zip(x.chunks_exact(CHUNK)) {
-        let Some(b) = blocks.get(half / 2) else { break };
-        let shift = 4 * (half % 2);
-        let (lo, hi) = xs.split_at(16);
-        let mut part = 0i32;
-        for ((&byte, &a), &b2) in b.qs.iter().zip(lo).zip(hi) {
-            let c0 = i32::from((byte >> shift) & 3);
-            let c1 = i32::from((byte >> (shift + 2)) & 3);
-            part += c0 * i32::from(a) + c1 * i32::from(b2);
-        }
-        acc += part;
+    let mut pos = start;
+    let mut rest = x;
+    while rest.len() >= CHUNK {
+        let Some(b) = blocks.get(pos / BLOCK) else { break };
+        let mut lanes = [0i16; 16];
+        let step = if pos % BLOCK == 0 && rest.len() >= BLOCK {
+            let (x0, r) = rest.split_at(16);
+            let (x1, r) = r.split_at(16);
+            let (x2, r) = r.split_at(16);
+            let x3 = &r[..16];
+            for (m, l) in lanes.iter_mut().enumerate() {
+                let q = b.qs[m];
+                *l += i16::from(q & 3) * i16::from(x0[m])
+                    + i16::from((q >> 2) & 3) * i16::from(x1[m])
+                    + i16::from((q >> 4) & 3) * i16::from(x2[m])
+                    + i16::from(q >> 6) * i16::from(x3[m]);
+            }
+            BLOCK
+        } else {
+            let shift = if pos % BLOCK == 0 { 0 } else { 4 };
+            let (lo, hi) = rest[..CHUNK].split_at(16);
+            mul_add_codes(&mut lanes, &b.qs, shift, lo);
+            mul_add_codes(&mut lanes, &b.qs, shift + 2, hi);
+            CHUNK
+        };
+        acc += lanes.iter().map(|&v| i32::from(v)).sum::<i32>();
+        pos += step;
+        rest = &rest[step..];
     }
     acc
+}
+
+/// `lanes[m] += ((qs[m] >> shift) & 3) · x[m]` for 16 lanes.
+#[inline(always)]
+fn mul_add_codes(lanes: &mut [i16; 16], qs: &[u8; 16], shift: u32, x: &[i8]) {
+    for ((l, &q), &v) in lanes.iter_mut().zip(qs).zip(x) {
+        *l += i16::from((q >> shift) & 3) * i16::from(v);
+    }
 }
 
 const POW3: [u8; 5] = [1, 3, 9, 27, 81];
@@ -63,27 +91,26 @@ pub fn decode_ternary3(block: &BlockTernary3, codes: &mut [u8; BLOCK]) {
     }
 }
 
-/// `Σ c·x` over base-3 codes.
+/// `Σ c·x` over base-3 codes (a block's codes decoded once, then summed in 16-bit lanes as above).
 pub fn dot_ternary3(blocks: &[BlockTernary3], start: usize, x: &[i8]) -> i32 {
     let mut acc = 0i32;
     let mut codes = [0u8; BLOCK];
-    let mut decoded = usize::MAX;
     let mut pos = start;
-    for xs in x.chunks_exact(CHUNK) {
-        let b = pos / BLOCK;
-        if b != decoded {
-            let Some(block) = blocks.get(b) else { break };
-            decode_ternary3(block, &mut codes);
-            decoded = b;
-        }
+    let mut rest = x;
+    while rest.len() >= CHUNK {
+        let Some(block) = blocks.get(pos / BLOCK) else { break };
+        decode_ternary3(block, &mut codes);
         let off = pos % BLOCK;
-        let cs = codes.get(off..off + CHUNK).unwrap_or(&[]);
-        let mut part = 0i32;
-        for (&c, &a) in cs.iter().zip(xs) {
-            part += i32::from(c) * i32::from(a);
+        let n = (BLOCK - off).min(rest.len() / CHUNK * CHUNK);
+        let mut lanes = [0i16; 16];
+        for (cs, xs) in codes[off..off + n].chunks_exact(16).zip(rest[..n].chunks_exact(16)) {
+            for ((l, &c), &v) in lanes.iter_mut().zip(cs).zip(xs) {
+                *l += i16::from(c) * i16::from(v);
+            }
         }
-        acc += part;
-        pos += CHUNK;
+        acc += lanes.iter().map(|&v| i32::from(v)).sum::<i32>();
+        pos += n;
+        rest = &rest[n..];
     }
     acc
 }
