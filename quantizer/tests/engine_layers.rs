@@ -462,6 +462,17 @@ fn cross_entropy_matches_log_softmax_and_finite_differences() {
     assert_eq!(l, l2);
     let dz: Vec<f64> = dz.iter().map(|v| v - 1.0).collect();
     assert!(dz[vocab..2 * vocab].iter().all(|&v| v == 0.0));
+    // The overwrite path (one exponential per logit) gives the same gradient and clears the ignored row.
+    let mut dz_over = vec![5.0; rows * vocab];
+    let grad = LossGrad {
+        dlogits: &mut dz_over,
+        scale,
+        mode: WriteMode::Overwrite,
+    };
+    let mut l3 = vec![0.0; rows];
+    be.cross_entropy(&mut l3, Some(grad), &logits, &targets, vocab).unwrap();
+    assert_close("overwrite-mode dlogits", &dz_over, &dz, 1e-14);
+    assert_close("overwrite-mode losses", &l3, &l, 1e-14);
     fd_check("cross-entropy dlogits", &mut logits, &dz, 0..rows * vocab, |z| {
         scale * losses_of(z).iter().sum::<f64>()
     });

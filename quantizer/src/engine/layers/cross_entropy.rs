@@ -56,6 +56,22 @@ pub(crate) fn cross_entropy_cpu<T: Float>(
                         }
                         return;
                     }
+                    if mode == WriteMode::Overwrite {
+                        // One exponential per logit instead of two: stash exp(z − max) in the output row, then
+                        // normalise it in place (exp is most of this kernel's cost at a 50k vocabulary).
+                        let max = z.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x.to_f64()));
+                        let mut sum = 0.0;
+                        for (d, &x) in dz.iter_mut().zip(z) {
+                            let e = (x.to_f64() - max).exp();
+                            sum += e;
+                            *d = T::from_f64(e);
+                        }
+                        *l = T::from_f64(max + sum.ln() - z[t as usize].to_f64());
+                        let k = scale / sum;
+                        dz.iter_mut().for_each(|d| *d = T::from_f64(d.to_f64() * k));
+                        dz[t as usize] -= T::from_f64(scale);
+                        return;
+                    }
                     let (lse, loss) = row_loss(z, t);
                     *l = T::from_f64(loss);
                     for (j, (d, &x)) in dz.iter_mut().zip(z).enumerate() {
