@@ -70,11 +70,7 @@ pub enum ImportError {
 
     /// A tensor whose name the importer does not recognise (dropping it silently could lose part of the model).
     #[error("{}: unexpected tensor '{tensor}' ({why})", .path.display())]
-    UnexpectedTensor {
-        path: PathBuf,
-        tensor: String,
-        why: String,
-    },
+    UnexpectedTensor { path: PathBuf, tensor: String, why: String },
 
     #[error("{}: missing config key '{key}'", .path.display())]
     MissingKey { path: PathBuf, key: String },

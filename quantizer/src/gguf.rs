@@ -98,7 +98,7 @@ struct TypeTraits {
 const QK_K: usize = 256;
 
 /// ids, names and sizes as in ggml.c `type_traits` and gguf-py `GGML_QUANT_SIZES` (gguf 0.19.0).
-const TYPE_TABLE: &[TypeTraits] = &[
+static TYPE_TABLE: &[TypeTraits] = &[
     tt(GgmlType::F32, 0, "f32", 1, 4, Some(deq_f32)),
     tt(GgmlType::F16, 1, "f16", 1, 2, Some(deq_f16)),
     tt(GgmlType::Q4_0, 2, "q4_0", 32, 18, Some(deq_q4_0)),
@@ -136,7 +136,14 @@ const TYPE_TABLE: &[TypeTraits] = &[
     tt(GgmlType::Q2_0, 42, "q2_0", 64, 18, Some(deq_q2_0)),
 ];
 
-const fn tt(ty: GgmlType, id: u32, name: &'static str, block: u32, bytes: u32, dequant: Option<DequantFn>) -> TypeTraits {
+const fn tt(
+    ty: GgmlType,
+    id: u32,
+    name: &'static str,
+    block: u32,
+    bytes: u32,
+    dequant: Option<DequantFn>,
+) -> TypeTraits {
     TypeTraits {
         ty,
         id,
@@ -639,10 +646,17 @@ impl GgufTensorInfo {
     /// Number of rows: the product of all dims but the first (validated not to overflow).
     pub fn rows(&self) -> u64 {
         // Saturating only matters for infos built by hand: parsed ones were checked not to overflow.
-        self.dims.iter().skip(1).try_fold(1u64, |a, &d| a.checked_mul(d)).unwrap_or(u64::MAX)
+        self.dims
+            .iter()
+            .skip(1)
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).unwrap_or(u64::MAX)
+        self.dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
     /// Row-major shape, outermost first (the reverse of `dims`): `[rows, cols]` for a matrix.
     pub fn shape(&self) -> Vec<usize> {
@@ -750,7 +764,9 @@ impl<'a> Cursor<'a> {
     /// Checks that `count` items of at least `min_bytes` each can fit in what remains, so that a corrupt count
     /// fails here instead of driving a huge allocation or a long loop.
     fn check_count(&self, count: u64, min_bytes: u64, what: &str) -> Result<usize, ImportError> {
-        let fits = count.checked_mul(min_bytes).is_some_and(|need| need <= self.remaining());
+        let fits = count
+            .checked_mul(min_bytes)
+            .is_some_and(|need| need <= self.remaining());
         if !fits {
             return Err(self.corrupt(format!(
                 "{what} count {count} cannot fit in the {} bytes that remain",
@@ -910,7 +926,9 @@ impl GgufFile {
                     dtype: format!("ggml type id {type_id} (unknown to this reader)"),
                 })?;
                 if dims.iter().any(|&d| d == 0 || usize::try_from(d).is_err()) {
-                    return Err(bad(format!("dimensions {dims:?} include zero or exceed the address space")));
+                    return Err(bad(format!(
+                        "dimensions {dims:?} include zero or exceed the address space"
+                    )));
                 }
                 let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
                 let rows = dims.iter().skip(1).try_fold(1u64, |acc, &d| acc.checked_mul(d));
@@ -932,7 +950,9 @@ impl GgufFile {
                     }));
                 };
                 if offset % alignment != 0 {
-                    return Err(bad(format!("data offset {offset} is not a multiple of the alignment {alignment}")));
+                    return Err(bad(format!(
+                        "data offset {offset} is not a multiple of the alignment {alignment}"
+                    )));
                 }
                 raw.push(GgufTensorInfo {
                     name,
@@ -959,7 +979,7 @@ impl GgufFile {
             }
             for t in &raw {
                 let end = data_start.checked_add(t.offset).and_then(|s| s.checked_add(t.n_bytes));
-                if end.map_or(true, |e| e > file_len) {
+                if !end.is_some_and(|e| e <= file_len) {
                     return Err(ImportError::Truncated {
                         path: path.clone(),
                         what: format!("data of tensor '{}'", t.name),
@@ -1029,26 +1049,30 @@ impl GgufFile {
         }
     }
 
-    fn byte_range(
-        &self,
-        t: &GgufTensorInfo,
-        rel_start: u64,
-        len: u64,
-    ) -> Result<std::ops::Range<usize>, ImportError> {
-        let start = self.data_start.checked_add(t.offset).and_then(|s| s.checked_add(rel_start));
+    fn byte_range(&self, t: &GgufTensorInfo, rel_start: u64, len: u64) -> Result<std::ops::Range<usize>, ImportError> {
+        let start = self
+            .data_start
+            .checked_add(t.offset)
+            .and_then(|s| s.checked_add(rel_start));
         let end = start.and_then(|s| s.checked_add(len));
-        match (start.and_then(|s| usize::try_from(s).ok()), end.and_then(|e| usize::try_from(e).ok())) {
+        match (
+            start.and_then(|s| usize::try_from(s).ok()),
+            end.and_then(|e| usize::try_from(e).ok()),
+        ) {
             (Some(s), Some(e)) if e <= self.bytes.len() => Ok(s..e),
             _ => Err(self.out_of_bounds(t)),
         }
     }
 
     fn dequant_fn(&self, t: &GgufTensorInfo) -> Result<DequantFn, ImportError> {
-        t.ggml_type.traits().dequant.ok_or_else(|| ImportError::UnsupportedTensorType {
-            path: self.path.clone(),
-            tensor: t.name.clone(),
-            dtype: format!("{} (no dequantization implemented)", t.ggml_type),
-        })
+        t.ggml_type
+            .traits()
+            .dequant
+            .ok_or_else(|| ImportError::UnsupportedTensorType {
+                path: self.path.clone(),
+                tensor: t.name.clone(),
+                dtype: format!("{} (no dequantization implemented)", t.ggml_type),
+            })
     }
 
     /// The whole tensor as f32, row-major (`shape()` order).
@@ -1064,7 +1088,7 @@ impl GgufFile {
             tensor: t.name.clone(),
             problem: format!("rows {first}..{first}+{count} requested, tensor has {}", t.rows()),
         };
-        if first.checked_add(count).map_or(true, |end| end > t.rows()) {
+        if !first.checked_add(count).is_some_and(|end| end <= t.rows()) {
             return Err(bad_rows());
         }
         let row_bytes = t.ggml_type.row_bytes(t.cols()).ok_or_else(bad_rows)?;
@@ -1150,7 +1174,10 @@ impl GgufFile {
             .ok_or_else(|| self.bad_key(key, format!("expected an array, found {:?}", v.meta_type())))?;
         items
             .iter()
-            .map(|i| i.as_str().ok_or_else(|| self.bad_key(key, "expected an array of strings".into())))
+            .map(|i| {
+                i.as_str()
+                    .ok_or_else(|| self.bad_key(key, "expected an array of strings".into()))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
     }
@@ -1162,7 +1189,10 @@ impl GgufFile {
             .ok_or_else(|| self.bad_key(key, format!("expected an array, found {:?}", v.meta_type())))?;
         items
             .iter()
-            .map(|i| i.as_integer().ok_or_else(|| self.bad_key(key, "expected an array of integers".into())))
+            .map(|i| {
+                i.as_integer()
+                    .ok_or_else(|| self.bad_key(key, "expected an array of integers".into()))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
     }

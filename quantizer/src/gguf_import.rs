@@ -56,12 +56,16 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig, ImportError> {
     };
     if let Some(v) = g.get_u32(&key("attention.value_length"))? {
         if v != head_dim {
-            return Err(unsupported(format!("value head size {v} differs from key head size {head_dim}")));
+            return Err(unsupported(format!(
+                "value head size {v} differs from key head size {head_dim}"
+            )));
         }
     }
     if let Some(r) = g.get_u32(&key("rope.dimension_count"))? {
         if r != head_dim {
-            return Err(unsupported(format!("partial rotary embedding ({r} of {head_dim} head dimensions)")));
+            return Err(unsupported(format!(
+                "partial rotary embedding ({r} of {head_dim} head dimensions)"
+            )));
         }
     }
     if let Some(kind) = g.get_str(&key("rope.scaling.type"))? {
@@ -79,10 +83,12 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig, ImportError> {
     let rope_theta = g.get_f64(&key("rope.freq_base"))?.unwrap_or(DEFAULT_ROPE_THETA) as f32;
     let norm_eps = g.require_f64(&key("attention.layer_norm_rms_epsilon"))? as f32;
 
-    let embd = g.tensor_info("token_embd.weight").ok_or_else(|| ImportError::MissingTensor {
-        path: path(),
-        tensor: "token_embd.weight".into(),
-    })?;
+    let embd = g
+        .tensor_info("token_embd.weight")
+        .ok_or_else(|| ImportError::MissingTensor {
+            path: path(),
+            tensor: "token_embd.weight".into(),
+        })?;
     let vocab_size = u32::try_from(embd.rows()).map_err(|_| ImportError::BadTensor {
         path: path(),
         tensor: embd.name.clone(),
@@ -90,14 +96,20 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig, ImportError> {
     })?;
     if let Some(v) = g.get_u32(&key("vocab_size"))? {
         if v != vocab_size {
-            return Err(bad(key("vocab_size"), format!("{v}, but token_embd.weight has {vocab_size} rows")));
+            return Err(bad(
+                key("vocab_size"),
+                format!("{v}, but token_embd.weight has {vocab_size} rows"),
+            ));
         }
     }
     if let Some(tokens) = g.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array) {
         if tokens.len() as u64 > u64::from(vocab_size) {
             return Err(bad(
                 "tokenizer.ggml.tokens".into(),
-                format!("{} tokens, but token_embd.weight has only {vocab_size} rows", tokens.len()),
+                format!(
+                    "{} tokens, but token_embd.weight has only {vocab_size} rows",
+                    tokens.len()
+                ),
             ));
         }
     }

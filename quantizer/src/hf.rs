@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde_json::Value;
-use tern_format::{Architecture, ModelConfig, RopeScaling, RopeStyle, Role, NO_TOKEN};
+use tern_format::{Architecture, ModelConfig, Role, RopeScaling, RopeStyle, NO_TOKEN};
 
 use crate::error::ImportError;
 use crate::model::{gguf_tensor_name, SourceModel, SourceTensor, META_SOURCE_FORMAT, META_SOURCE_PATH};
@@ -151,7 +151,9 @@ impl<'a> JsonConfig<'a> {
     }
     fn f64_opt(&self, key: &str) -> Result<Option<f64>, ImportError> {
         let Some(v) = self.get(key) else { return Ok(None) };
-        let f = v.as_f64().ok_or_else(|| self.bad(key, format!("expected a number, found {v}")))?;
+        let f = v
+            .as_f64()
+            .ok_or_else(|| self.bad(key, format!("expected a number, found {v}")))?;
         if !f.is_finite() {
             return Err(self.bad(key, format!("{f} is not finite")));
         }
@@ -243,12 +245,17 @@ pub fn config_from_hf_json(path: &Path, json: &Value, add_bos: bool) -> Result<(
     };
     if let Some(act) = c.str_opt("hidden_act")? {
         if act != expected_act {
-            return Err(unsupported(format!("hidden_act '{act}' ({} uses '{expected_act}')", arch.name())));
+            return Err(unsupported(format!(
+                "hidden_act '{act}' ({} uses '{expected_act}')",
+                arch.name()
+            )));
         }
     }
     for key in ["attention_bias", "mlp_bias"] {
         if c.bool_opt(key)? == Some(true) {
-            return Err(unsupported(format!("{key} = true (biases are not part of the model description)")));
+            return Err(unsupported(format!(
+                "{key} = true (biases are not part of the model description)"
+            )));
         }
     }
 
@@ -285,9 +292,9 @@ pub fn config_from_hf_json(path: &Path, json: &Value, add_bos: bool) -> Result<(
                         factor: num("factor")?,
                         low_freq_factor: num("low_freq_factor")?,
                         high_freq_factor: num("high_freq_factor")?,
-                        original_context: rs.u32_opt("original_max_position_embeddings")?.ok_or_else(|| {
-                            c.bad("rope_scaling.original_max_position_embeddings", "missing".into())
-                        })?,
+                        original_context: rs
+                            .u32_opt("original_max_position_embeddings")?
+                            .ok_or_else(|| c.bad("rope_scaling.original_max_position_embeddings", "missing".into()))?,
                     }
                 }
                 other => return Err(unsupported(format!("rope_scaling type '{other}'"))),
@@ -387,12 +394,19 @@ fn precheck_safetensors(path: &Path, bytes: &[u8]) -> Result<(), ImportError> {
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| bad(format!("file of {} bytes is too short for a header", bytes.len())))?;
     let header_len = u64::from_le_bytes(len_bytes);
-    let data_len = (bytes.len() as u64 - 8)
-        .checked_sub(header_len)
-        .ok_or_else(|| bad(format!("header length {header_len} exceeds the file ({} bytes)", bytes.len())))?;
-    let header = bytes.get(8..8 + header_len as usize).ok_or_else(|| bad("header outside the file".into()))?;
+    let data_len = (bytes.len() as u64 - 8).checked_sub(header_len).ok_or_else(|| {
+        bad(format!(
+            "header length {header_len} exceeds the file ({} bytes)",
+            bytes.len()
+        ))
+    })?;
+    let header = bytes
+        .get(8..8 + header_len as usize)
+        .ok_or_else(|| bad("header outside the file".into()))?;
     let json: Value = serde_json::from_slice(header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
-    let obj = json.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| bad("header is not a JSON object".into()))?;
     for (name, info) in obj {
         if name == "__metadata__" {
             continue;
@@ -402,7 +416,7 @@ fn precheck_safetensors(path: &Path, bytes: &[u8]) -> Result<(), ImportError> {
             .and_then(Value::as_array)
             .ok_or_else(|| bad(format!("tensor '{name}' has no data_offsets")))?;
         for o in offsets {
-            if o.as_u64().map_or(true, |o| o > data_len) {
+            if !o.as_u64().is_some_and(|o| o <= data_len) {
                 return Err(bad(format!(
                     "tensor '{name}': data offset {o} outside the {data_len}-byte data section"
                 )));
@@ -485,7 +499,10 @@ fn to_f32(path: &Path, name: &str, view: &safetensors::tensor::TensorView<'_>) -
     use safetensors::Dtype;
     let bytes = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
         Dtype::F16 => bytes
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())

@@ -55,7 +55,8 @@ impl SourceTensor {
     /// Row `r`, or `None` past the end.
     pub fn row(&self, r: usize) -> Option<&[f32]> {
         let cols = self.cols();
-        self.data.get(r.checked_mul(cols)?..r.checked_add(1)?.checked_mul(cols)?)
+        self.data
+            .get(r.checked_mul(cols)?..r.checked_add(1)?.checked_mul(cols)?)
     }
 }
 
@@ -196,7 +197,10 @@ impl SourceModel {
                 why,
             };
             if t.name != expected_name {
-                return Err(unexpected(format!("role {:?} in layer {:?} is named {expected_name}", t.role, t.layer)));
+                return Err(unexpected(format!(
+                    "role {:?} in layer {:?} is named {expected_name}",
+                    t.role, t.layer
+                )));
             }
             if !seen.insert((t.role, t.layer)) {
                 return Err(ImportError::DuplicateTensor {
@@ -205,15 +209,22 @@ impl SourceModel {
                 });
             }
             if t.role.is_per_layer() != t.layer.is_some() {
-                return Err(unexpected("layer index present exactly when the role is per-block".into()));
+                return Err(unexpected(
+                    "layer index present exactly when the role is per-block".into(),
+                ));
             }
             if let Some(l) = t.layer {
                 if l >= self.config.n_layers {
-                    return Err(unexpected(format!("layer {l} but the model has {} layers", self.config.n_layers)));
+                    return Err(unexpected(format!(
+                        "layer {l} but the model has {} layers",
+                        self.config.n_layers
+                    )));
                 }
             }
             if t.role == Role::Output && self.config.tied_embeddings {
-                return Err(unexpected("the embeddings are tied, so there is no separate output head".into()));
+                return Err(unexpected(
+                    "the embeddings are tied, so there is no separate output head".into(),
+                ));
             }
             let expected = expected_shape(&self.config, t.role)
                 .ok_or_else(|| unexpected(format!("{} has no {:?} tensor", self.config.arch.name(), t.role)))?;
@@ -259,7 +270,9 @@ pub fn load(path: impl AsRef<Path>) -> Result<SourceModel, ImportError> {
     let path = path.as_ref();
     let model = if path.is_dir() {
         if !path.join("config.json").is_file() {
-            return Err(ImportError::UnrecognizedInput { path: path.to_path_buf() });
+            return Err(ImportError::UnrecognizedInput {
+                path: path.to_path_buf(),
+            });
         }
         crate::hf::load_hf_dir(path)?
     } else if path.is_file() {
@@ -272,7 +285,9 @@ pub fn load(path: impl AsRef<Path>) -> Result<SourceModel, ImportError> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
         });
     } else {
-        return Err(ImportError::UnrecognizedInput { path: path.to_path_buf() });
+        return Err(ImportError::UnrecognizedInput {
+            path: path.to_path_buf(),
+        });
     };
     model.validate()?;
     Ok(model)
@@ -295,7 +310,13 @@ mod tests {
             assert_eq!(parse_gguf_tensor_name(name), Some((role, layer)), "{name}");
             assert_eq!(gguf_tensor_name(role, layer), name);
         }
-        for bad in ["blk.01.attn_q.weight", "blk.x.attn_q.weight", "blk..attn_q.weight", "rope_freqs.weight", "output"] {
+        for bad in [
+            "blk.01.attn_q.weight",
+            "blk.x.attn_q.weight",
+            "blk..attn_q.weight",
+            "rope_freqs.weight",
+            "output",
+        ] {
             assert_eq!(parse_gguf_tensor_name(bad), None, "{bad}");
         }
     }

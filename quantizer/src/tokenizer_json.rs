@@ -68,7 +68,9 @@ pub fn tokenizer_json_from_gguf(g: &GgufFile) -> Result<Vec<u8>, ImportError> {
     }
     let pre = g.get_str("tokenizer.ggml.pre")?.unwrap_or("default");
     let pre_tokenizer = pre_tokenizer_for(pre).ok_or_else(|| {
-        err(format!("pre-tokenizer '{pre}' is not supported (supported: smollm, gpt-2, llama-bpe)"))
+        err(format!(
+            "pre-tokenizer '{pre}' is not supported (supported: smollm, gpt-2, llama-bpe)"
+        ))
     })?;
     let tokens = g
         .get_str_array("tokenizer.ggml.tokens")?
@@ -95,7 +97,11 @@ pub fn tokenizer_json_from_gguf(g: &GgufFile) -> Result<Vec<u8>, ImportError> {
             return Err(err(format!("token {tok:?} appears twice (ids {prev} and {id})")));
         }
         vocab.insert(tok.to_string(), json!(id));
-        let ty = types.as_ref().and_then(|t| t.get(id)).copied().unwrap_or(token_type::NORMAL);
+        let ty = types
+            .as_ref()
+            .and_then(|t| t.get(id))
+            .copied()
+            .unwrap_or(token_type::NORMAL);
         match ty {
             // Control tokens (<|im_start|>, …) and user-defined ones are matched whole in the input, before the
             // pre-tokenizer, as Hugging Face's added tokens are; only control tokens are "special" (skipped when
@@ -119,7 +125,9 @@ pub fn tokenizer_json_from_gguf(g: &GgufFile) -> Result<Vec<u8>, ImportError> {
             }
         }
         if !ids.contains_key(format!("{a}{b}").as_str()) {
-            return Err(err(format!("merge #{i} {m:?}: the merged token is not in the vocabulary")));
+            return Err(err(format!(
+                "merge #{i} {m:?}: the merged token is not in the vocabulary"
+            )));
         }
         merge_pairs.push(json!([a, b]));
     }

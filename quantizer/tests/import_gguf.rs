@@ -9,13 +9,18 @@ use tern_quantizer::gguf::{GgmlType, GgufFile, MetaType, MetaValue};
 use tern_quantizer::{load, ImportError};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn read_f32_file(path: &std::path::Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(bytes.len() % 4, 0);
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 fn tiny_meta() -> Value {
@@ -74,8 +79,16 @@ fn tiny_gguf_header_alignment_and_tensor_infos_match_the_writer() {
     assert_eq!(g.tensors().len(), expected.len());
     for (t, e) in g.tensors().iter().zip(expected) {
         assert_eq!(t.name, e["name"].as_str().unwrap());
-        assert_eq!(t.ggml_type.name().to_ascii_uppercase(), e["type"].as_str().unwrap().to_ascii_uppercase());
-        let shape: Vec<usize> = e["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        assert_eq!(
+            t.ggml_type.name().to_ascii_uppercase(),
+            e["type"].as_str().unwrap().to_ascii_uppercase()
+        );
+        let shape: Vec<usize> = e["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(t.shape(), shape, "{}", t.name);
         assert_eq!(t.offset % 64, 0, "{}: offsets are multiples of the alignment", t.name);
         assert_eq!(Some(t.n_bytes), t.ggml_type.row_bytes(t.cols()).map(|rb| rb * t.rows()));
@@ -97,16 +110,33 @@ fn tiny_gguf_metadata_of_every_type_matches_the_writer() {
             types_seen.insert(py_type_name(*elem));
         }
     }
-    assert_eq!(types_seen.len(), 13, "every GGUF value type is exercised: {types_seen:?}");
+    assert_eq!(
+        types_seen.len(),
+        13,
+        "every GGUF value type is exercised: {types_seen:?}"
+    );
     // Typed getters.
     assert_eq!(g.get_u32("test.u32").unwrap(), Some(4_000_000_000));
     assert_eq!(g.get_u32("test.u8").unwrap(), Some(200));
-    assert!(matches!(g.get_u32("test.i8"), Err(ImportError::BadKey { .. })), "negative value for u32");
+    assert!(
+        matches!(g.get_u32("test.i8"), Err(ImportError::BadKey { .. })),
+        "negative value for u32"
+    );
     assert!(matches!(g.get_u32("test.string"), Err(ImportError::BadKey { .. })));
     assert!(matches!(g.require_u32("no.such.key"), Err(ImportError::MissingKey { key, .. }) if key == "no.such.key"));
-    assert_eq!(g.get_f64("test.f32").unwrap(), Some(f64::from(3.14159f32)));
-    assert_eq!(g.get_str_array("test.array.string").unwrap().unwrap(), ["a", "bb", "", "ünicøde"]);
-    assert_eq!(g.get_int_array("test.array.u64").unwrap().unwrap(), [0, u64::MAX as i128]);
+    // 3.14159 as written by the script (its bits; clippy would take the literal for an approximation of pi).
+    assert_eq!(
+        g.get_f64("test.f32").unwrap(),
+        Some(f64::from(f32::from_bits(1_078_530_000)))
+    );
+    assert_eq!(
+        g.get_str_array("test.array.string").unwrap().unwrap(),
+        ["a", "bb", "", "ünicøde"]
+    );
+    assert_eq!(
+        g.get_int_array("test.array.u64").unwrap().unwrap(),
+        [0, u64::MAX as i128]
+    );
 }
 
 /// Exact comparison is the honest bound: for every type, the gguf package's numpy code and ours do the same f32
@@ -147,11 +177,22 @@ fn dequantize_rows_equals_slices_of_the_whole_tensor() {
             for count in 0..=(t.rows() - first) {
                 let part = g.dequantize_rows(t, first, count).unwrap();
                 let start = first as usize * cols;
-                assert_eq!(part, all[start..start + count as usize * cols], "{} rows {first}+{count}", t.name);
+                assert_eq!(
+                    part,
+                    all[start..start + count as usize * cols],
+                    "{} rows {first}+{count}",
+                    t.name
+                );
             }
         }
-        assert!(matches!(g.dequantize_rows(t, t.rows(), 1), Err(ImportError::BadTensor { .. })));
-        assert!(matches!(g.dequantize_rows(t, 1, u64::MAX), Err(ImportError::BadTensor { .. })));
+        assert!(matches!(
+            g.dequantize_rows(t, t.rows(), 1),
+            Err(ImportError::BadTensor { .. })
+        ));
+        assert!(matches!(
+            g.dequantize_rows(t, 1, u64::MAX),
+            Err(ImportError::BadTensor { .. })
+        ));
     }
 }
 
@@ -202,7 +243,14 @@ fn tiny_llama_gguf_loads_into_a_validated_source_model() {
     let c = m.config;
     assert_eq!(c.arch, Architecture::Llama);
     assert_eq!(
-        (c.hidden_size, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_size),
+        (
+            c.hidden_size,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            c.ffn_size
+        ),
         (32, 2, 2, 1, 16, 64)
     );
     assert_eq!((c.vocab_size, c.context_length), (271, 256));
@@ -218,7 +266,10 @@ fn tiny_llama_gguf_loads_into_a_validated_source_model() {
     assert_eq!(m.metadata_value("source.format"), Some("gguf"));
 
     let q = m.tensor(Role::AttnQ, Some(1)).unwrap();
-    assert_eq!((q.name.as_str(), q.shape.as_slice()), ("blk.1.attn_q.weight", &[32usize, 32][..]));
+    assert_eq!(
+        (q.name.as_str(), q.shape.as_slice()),
+        ("blk.1.attn_q.weight", &[32usize, 32][..])
+    );
     let k = m.tensor(Role::AttnK, Some(0)).unwrap();
     assert_eq!(k.shape, [16, 32]);
     assert_eq!(m.tensor(Role::FfnDown, Some(0)).unwrap().shape, [32, 64]);
@@ -229,7 +280,12 @@ fn tiny_llama_gguf_loads_into_a_validated_source_model() {
     // Values equal the reader's dequantization (which the tiny.gguf test ties to gguf-py).
     let g = GgufFile::open(fixture("tiny-llama.gguf")).unwrap();
     for t in &m.tensors {
-        assert_eq!(t.data, g.dequantize(g.tensor_info(&t.name).unwrap()).unwrap(), "{}", t.name);
+        assert_eq!(
+            t.data,
+            g.dequantize(g.tensor_info(&t.name).unwrap()).unwrap(),
+            "{}",
+            t.name
+        );
     }
 }
 
@@ -265,8 +321,14 @@ fn not_gguf_and_wrong_version_are_typed_errors() {
     let bytes = std::fs::read(fixture("tiny.gguf")).unwrap();
     let mut not = bytes.clone();
     not[0] = b'X';
-    assert!(matches!(GgufFile::from_bytes("x.gguf", not), Err(ImportError::NotGguf { .. })));
-    assert!(matches!(GgufFile::from_bytes("x.gguf", b"GG".to_vec()), Err(ImportError::NotGguf { .. })));
+    assert!(matches!(
+        GgufFile::from_bytes("x.gguf", not),
+        Err(ImportError::NotGguf { .. })
+    ));
+    assert!(matches!(
+        GgufFile::from_bytes("x.gguf", b"GG".to_vec()),
+        Err(ImportError::NotGguf { .. })
+    ));
     for version in [0u32, 1, 4, u32::MAX] {
         let mut v = bytes.clone();
         v[4..8].copy_from_slice(&version.to_le_bytes());
@@ -285,7 +347,11 @@ fn not_gguf_and_wrong_version_are_typed_errors() {
     let cut = (g.data_start() + last.offset + last.n_bytes - 1) as usize;
     let err = GgufFile::from_bytes("dir/x.gguf", bytes[..cut].to_vec()).unwrap_err();
     assert!(matches!(err, ImportError::Truncated { .. }), "{err:?}");
-    assert!(err.to_string().starts_with("dir/x.gguf: truncated: data of tensor 'q8_1.unsupported'"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("dir/x.gguf: truncated: data of tensor 'q8_1.unsupported'"),
+        "{err}"
+    );
 }
 
 #[test]

