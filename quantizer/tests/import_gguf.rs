@@ -367,3 +367,108 @@ fn load_rejects_paths_that_are_not_models() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A metadata-only GGUF (no tensors), written by hand, for tokenizer synthesis tests.
+fn gguf_with_metadata(kv: &[(&str, MetaValue)]) -> GgufFile {
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+    fn put_value(out: &mut Vec<u8>, v: &MetaValue) {
+        match v {
+            MetaValue::String(s) => put_str(out, s),
+            MetaValue::Bool(b) => out.push(u8::from(*b)),
+            MetaValue::I32(i) => out.extend(i.to_le_bytes()),
+            MetaValue::Array(elem, items) => {
+                out.extend((*elem as u32).to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|i| put_value(out, i));
+            }
+            other => panic!("not needed here: {other:?}"),
+        }
+    }
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend(0u64.to_le_bytes());
+    out.extend((kv.len() as u64).to_le_bytes());
+    for (k, v) in kv {
+        put_str(&mut out, k);
+        out.extend((v.meta_type() as u32).to_le_bytes());
+        put_value(&mut out, v);
+    }
+    GgufFile::from_bytes("handmade.gguf", out).unwrap()
+}
+
+/// The pre-tokenizer types differ in how they split digit runs. Vocabulary: the 256 byte-level symbols (byte b at
+/// id b, digits are ASCII so their symbol is the digit itself) plus merges "3 4" (rank 0), "1 2", "12 3".
+/// On "1234": gpt-2 keeps the run whole, so "3 4" fires first → 12, 34; llama-bpe splits runs into groups of at
+/// most three, "123" | "4" → 123, 4; smollm splits every digit → 1, 2, 3, 4.
+#[test]
+fn pre_tokenizer_types_split_digits_as_llama_cpp_defines_them() {
+    use tern_quantizer::tokenizer_json::tokenizer_json_from_gguf;
+    use tokenizers::Tokenizer;
+    // GPT-2's byte → symbol map: printable Latin-1 bytes map to themselves, the rest to U+0100 onwards.
+    let mut symbols = Vec::new();
+    let mut next = 256u32;
+    for b in 0u32..256 {
+        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        symbols.push(char::from_u32(if printable { b } else { next }).unwrap().to_string());
+        if !printable {
+            next += 1;
+        }
+    }
+    let mut tokens = symbols.clone();
+    tokens.extend(["34", "12", "123"].map(String::from));
+    let (id_34, id_12, id_123) = (256u32, 257u32, 258u32);
+    let strings = |v: &[String]| {
+        MetaValue::Array(
+            MetaType::String,
+            v.iter().map(|s| MetaValue::String(s.clone())).collect(),
+        )
+    };
+    let merges: Vec<String> = ["3 4", "1 2", "12 3"].map(String::from).to_vec();
+    let digit = |c: char| u32::from(c as u8);
+    for (pre, expected) in [
+        ("gpt-2", vec![id_12, id_34]),
+        ("llama-bpe", vec![id_123, digit('4')]),
+        ("smollm", vec![digit('1'), digit('2'), digit('3'), digit('4')]),
+    ] {
+        let g = gguf_with_metadata(&[
+            ("tokenizer.ggml.model", MetaValue::String("gpt2".into())),
+            ("tokenizer.ggml.pre", MetaValue::String(pre.into())),
+            ("tokenizer.ggml.tokens", strings(&tokens)),
+            ("tokenizer.ggml.merges", strings(&merges)),
+        ]);
+        let tok = Tokenizer::from_bytes(tokenizer_json_from_gguf(&g).unwrap()).unwrap();
+        assert_eq!(tok.encode("1234", false).unwrap().get_ids(), expected, "{pre}");
+        let s = "Hello, w\u{f6}rld 1234!\n";
+        assert_eq!(
+            tok.decode(tok.encode(s, false).unwrap().get_ids(), false).unwrap(),
+            s,
+            "{pre}"
+        );
+    }
+    // Unsupported tokenizer kinds and broken vocabularies are typed errors.
+    for (kv_model, kv_pre, kv_merges, what) in [
+        ("llama", "default", merges.clone(), "SentencePiece"),
+        ("gpt2", "qwen2", merges.clone(), "unknown pre-tokenizer"),
+        (
+            "gpt2",
+            "gpt-2",
+            vec!["3 9 9".to_string()],
+            "merge part not in the vocabulary",
+        ),
+        ("gpt2", "gpt-2", vec!["34".to_string()], "merge without a space"),
+    ] {
+        let g = gguf_with_metadata(&[
+            ("tokenizer.ggml.model", MetaValue::String(kv_model.into())),
+            ("tokenizer.ggml.pre", MetaValue::String(kv_pre.into())),
+            ("tokenizer.ggml.tokens", strings(&tokens)),
+            ("tokenizer.ggml.merges", strings(&kv_merges)),
+        ]);
+        assert!(
+            matches!(tokenizer_json_from_gguf(&g), Err(ImportError::Tokenizer { .. })),
+            "{what}"
+        );
+    }
+}
