@@ -86,5 +86,16 @@ gensim_wheel="$(fetch_wheel "$GENSIM_WHEEL_SPEC")"
 unpack "$gensim_wheel" "$GENSIM_DIR/$LEE" "$ASSETS/$LEE"
 unpack "$gensim_wheel" "$GENSIM_DIR/$WIKI" "$ASSETS/$WIKI"
 
-"$PYTHON" "$ROOT/scripts/extract_text.py" --lee "$ASSETS/$LEE" --wiki "$ASSETS/$WIKI" --out "$ASSETS"
+# Re-extract only when an output is missing or older than its input or the extractor.
+stale=0
+for out in lee.txt wiki.txt; do
+    for src in "$ASSETS/$LEE" "$ASSETS/$WIKI" "$ROOT/scripts/extract_text.py"; do
+        [[ -f "$ASSETS/$out" && "$ASSETS/$out" -nt "$src" ]] || stale=1
+    done
+done
+if [[ "$stale" == 1 ]]; then
+    "$PYTHON" "$ROOT/scripts/extract_text.py" --lee "$ASSETS/$LEE" --wiki "$ASSETS/$WIKI" --out "$ASSETS"
+else
+    echo "fetch-assets: assets/lee.txt and assets/wiki.txt up to date ($(wc -c <"$ASSETS/lee.txt") and $(wc -c <"$ASSETS/wiki.txt") bytes)"
+fi
 echo "fetch-assets: done"
