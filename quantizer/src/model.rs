@@ -24,6 +24,8 @@ pub const META_SOURCE_FORMAT: &str = "source.format";
 pub struct SourceModel {
     pub config: ModelConfig,
     /// A Hugging Face `tokenizer.json` (verbatim from a Hugging Face directory; synthesized for GGUF input).
+    /// Encode with `add_special_tokens = false` and prepend BOS exactly when `config.add_bos` says so: a
+    /// verbatim Llama-3 tokenizer.json may carry a BOS template of its own, the synthesized one never does.
     pub tokenizer_json: Vec<u8>,
     pub chat_template: Option<String>,
     /// Provenance and descriptive keys: `source.path`, `source.format`, `general.name`, …
