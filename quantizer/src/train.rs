@@ -692,7 +692,7 @@ pub fn train<B: Backend<Elem = f32>>(
             let batch = Batch {
                 tokens: &host.tokens,
                 targets: &host.targets,
-                teacher_logits: teacher_logits.map(|l| &*l),
+                teacher_logits,
             };
             let report = model
                 .forward_train(backend, &params, &batch, &objective, micro_scale)
