@@ -188,6 +188,22 @@ pub fn int4_value(bytes: &[u8], idx: usize) -> i8 {
     nib as i8 - 8
 }
 
+/// Rounds to the nearest integer, ties to even (IEEE default, `torch.round`, `f32::round_ties_even`), without
+/// `std`. BitNet b1.58 and the training engine round this way, so the runtime's activation quantization and the
+/// PTQ weight quantization use it too: what trains is bit-for-bit what runs.
+#[inline]
+pub fn round_half_even(x: f32) -> f32 {
+    // Adding and subtracting 2^23 rounds to an integer in the default round-to-nearest-even mode, exactly, for
+    // |x| < 2^23; larger values are integers already, and NaN passes through.
+    const MAGIC: f32 = 8_388_608.0;
+    if x.abs() < MAGIC {
+        let m = if x.is_sign_negative() { -MAGIC } else { MAGIC };
+        (x + m) - m
+    } else {
+        x
+    }
+}
+
 /// Rounds half away from zero without `std` (`f32::round` is not in `core`).
 #[inline]
 pub fn round_half_away(x: f32) -> f32 {

@@ -194,3 +194,19 @@ fn packer_rejects_non_ternary() {
     let e = tern_format::blocks::pack_ternary2_row(&[0, 1, 2], &mut b).unwrap_err();
     assert_eq!((e.index, e.value), (2, 2));
 }
+
+#[test]
+fn round_half_even_matches_std() {
+    let mut x = -300.0f32;
+    while x <= 300.0 {
+        for v in [x, x + 0.5, x - 0.5, x + 0.49999997, x + 0.50000006] {
+            let got = tern_format::blocks::round_half_even(v);
+            assert_eq!(got, v.round_ties_even(), "{v}");
+        }
+        x += 0.25;
+    }
+    for v in [1e9f32, -1e9, 8388607.5, -8388607.5, 0.5, -0.5, 1.5, 2.5] {
+        assert_eq!(tern_format::blocks::round_half_even(v), v.round_ties_even(), "{v}");
+    }
+    assert!(tern_format::blocks::round_half_even(f32::NAN).is_nan());
+}

@@ -3,6 +3,7 @@
 //! Linear layers: `scale = mean|W|` over the scale unit (tensor, row or group), `W_t = clamp(round(W/scale),
 //! −1, 1)`. Embeddings and the output head: int8 per row, int4 per group or f16. Norms stay f32.
 
+use tern_format::blocks::round_half_even;
 use tern_format::{ModelWriter, Role, ScaleKind, Shape, TensorData, TernaryLayout};
 
 use crate::model::{SourceModel, SourceTensor};
@@ -74,7 +75,8 @@ pub fn ternarize_absmean(w: &[f32], rows: usize, cols: usize, granularity: Scale
         ((s / n.max(1) as f64) as f32).max(MIN_SCALE)
     };
     let mut q = vec![0i8; w.len()];
-    let quant = |x: f32, s: f32| (x / s).round().clamp(-1.0, 1.0) as i8;
+    // Ties to even, as the training engine's fake quantizer (and PyTorch's BitNet code) round.
+    let quant = |x: f32, s: f32| round_half_even(x / s).clamp(-1.0, 1.0) as i8;
     let scales = match granularity {
         ScaleGranularity::PerTensor => {
             let s = mean_abs(&mut w.iter(), w.len());
@@ -149,8 +151,17 @@ pub fn convert_tensor(t: &SourceTensor, opts: &PtqOptions) -> Result<TensorData,
             }
         }
         let (q, scales) = ternarize_absmean(&t.data, rows, cols, opts.scale);
-        TensorData::ternary(&t.name, t.role, t.layer, shape, opts.layout, &q, opts.scale.kind(), scales)
-            .map_err(|e| err(format!("internal: value {} is not ternary", e.value)))?
+        TensorData::ternary(
+            &t.name,
+            t.role,
+            t.layer,
+            shape,
+            opts.layout,
+            &q,
+            opts.scale.kind(),
+            scales,
+        )
+        .map_err(|e| err(format!("internal: value {} is not ternary", e.value)))?
     } else if matches!(t.role, Role::TokenEmbedding | Role::Output) {
         match opts.head {
             HeadFormat::Int8 => TensorData::int8_rows(&t.name, t.role, t.layer, shape, &t.data),
@@ -263,9 +274,10 @@ mod tests {
             s.push(m);
             q.extend(chunk.iter().map(|&x| {
                 let r = x as f64 / m;
-                if r >= 0.5 {
+                // Ties (|r| = 0.5 exactly) round to even, i.e. to 0.
+                if r > 0.5 {
                     1
-                } else if r <= -0.5 {
+                } else if r < -0.5 {
                     -1
                 } else {
                     0
@@ -278,8 +290,14 @@ mod tests {
     #[test]
     fn absmean_matches_f64_reference() {
         let (rows, cols) = (7, 96);
-        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1 + i % 5) as f32).collect();
-        for (g, unit) in [(ScaleGranularity::PerTensor, rows * cols), (ScaleGranularity::PerRow, cols), (ScaleGranularity::Group(32), 32)] {
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1 + i % 5) as f32)
+            .collect();
+        for (g, unit) in [
+            (ScaleGranularity::PerTensor, rows * cols),
+            (ScaleGranularity::PerRow, cols),
+            (ScaleGranularity::Group(32), 32),
+        ] {
             let (q, s) = ternarize_absmean(&w, rows, cols, g);
             let (rq, rs) = reference(&w, unit);
             assert_eq!(s.len(), rs.len());
