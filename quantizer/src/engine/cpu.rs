@@ -1,10 +1,13 @@
 //! CPU backend: `Vec<T>` buffers, rayon for the elementwise/row kernels, the `gemm` crate for matrix products.
 //!
-//! Why `gemm` rather than `matrixmultiply`: measured on this machine (2 Zen 4 cores, AVX2/FMA visible) both
-//! reach ~60–70 GFLOP/s on one thread for the 512×576×1536-class products of SmolLM2, but `gemm` parallelises
-//! through rayon — the pool the rest of the engine uses — and scaled to ~1.8× on two threads, while
-//! `matrixmultiply`'s own thread pool fought with rayon. It also takes arbitrary strides, which the attention
-//! kernel needs for per-head views. See `examples/gemm_gflops.rs`.
+//! Why `gemm` rather than `matrixmultiply`: measured on this machine (2 Zen 4 cores at 2.445 GHz, AVX2/FMA
+//! exposed, so a core's f32 peak is 2 FMA pipes × 8 lanes × 2 flops × 2.445 GHz = 78 GFLOP/s) on the
+//! 512×576×1536-class products of SmolLM2, both reach 62–72 GFLOP/s on one thread; on two threads `gemm` reached
+//! 97–123 GFLOP/s (up to 79% of the 157 GFLOP/s two-core peak) while `matrixmultiply`'s own thread pool, which
+//! also competes with rayon's, fell behind it. `gemm` also parallelises through rayon — the pool the rest of the
+//! engine uses — and takes arbitrary strides, which the attention kernel needs for per-head views.
+//! `examples/gemm_gflops.rs` measures the engine's own `matmul` (wall clock and per CPU-second, since the
+//! machine is shared).
 
 use std::marker::PhantomData;
 
