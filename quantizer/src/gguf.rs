@@ -979,7 +979,7 @@ impl GgufFile {
             }
             for t in &raw {
                 let end = data_start.checked_add(t.offset).and_then(|s| s.checked_add(t.n_bytes));
-                if !end.is_some_and(|e| e <= file_len) {
+                if end.is_none_or(|e| e > file_len) {
                     return Err(ImportError::Truncated {
                         path: path.clone(),
                         what: format!("data of tensor '{}'", t.name),
@@ -1088,7 +1088,7 @@ impl GgufFile {
             tensor: t.name.clone(),
             problem: format!("rows {first}..{first}+{count} requested, tensor has {}", t.rows()),
         };
-        if !first.checked_add(count).is_some_and(|end| end <= t.rows()) {
+        if first.checked_add(count).is_none_or(|end| end > t.rows()) {
             return Err(bad_rows());
         }
         let row_bytes = t.ggml_type.row_bytes(t.cols()).ok_or_else(bad_rows)?;

@@ -416,7 +416,7 @@ fn precheck_safetensors(path: &Path, bytes: &[u8]) -> Result<(), ImportError> {
             .and_then(Value::as_array)
             .ok_or_else(|| bad(format!("tensor '{name}' has no data_offsets")))?;
         for o in offsets {
-            if !o.as_u64().is_some_and(|o| o <= data_len) {
+            if o.as_u64().is_none_or(|o| o > data_len) {
                 return Err(bad(format!(
                     "tensor '{name}': data offset {o} outside the {data_len}-byte data section"
                 )));

@@ -486,7 +486,7 @@ fn bad_hugging_face_directories_give_typed_errors() {
         "q-rows",
         |_, t| {
             t[2].shape = vec![HEADS * HEAD_DIM + 1, HIDDEN];
-            t[2].values.extend(std::iter::repeat(0.0).take(HIDDEN));
+            t[2].values.extend(std::iter::repeat_n(0.0, HIDDEN));
         },
         none,
     );

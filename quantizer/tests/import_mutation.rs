@@ -236,7 +236,7 @@ fn mutate_file(name: &str, random_edits: usize, data_stride: usize, seed: u64) -
 
     // 4. Grown files: trailing garbage and an inserted byte in the header must still parse or fail cleanly.
     let mut grown = orig.clone();
-    grown.extend(std::iter::repeat(0xAB).take(4096));
+    grown.extend(std::iter::repeat_n(0xAB, 4096));
     tally.run(|| format!("{name}: 4096 bytes appended"), grown);
     for at in (24..header_end).step_by(7) {
         let mut m = orig.clone();
