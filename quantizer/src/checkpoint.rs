@@ -27,7 +27,7 @@ const SUFFIX: &str = ".tck";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{context} {path}: {source}")]
+    #[error("{context} {path}")]
     Io {
         path: PathBuf,
         context: &'static str,

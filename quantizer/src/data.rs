@@ -32,7 +32,7 @@ const TOKEN_CACHE_HEADER: usize = 8 + 4 + 4 + 8 + 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{context} {path}: {source}")]
+    #[error("{context} {path}")]
     Io {
         path: PathBuf,
         context: &'static str,

@@ -49,7 +49,7 @@ pub struct MetricsRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("{context} {path}: {source}")]
+    #[error("{context} {path}")]
     Io {
         path: PathBuf,
         context: &'static str,

@@ -277,9 +277,9 @@ pub enum TrainError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
-    #[error("exporting the trained model: {0}")]
+    #[error("exporting the trained model")]
     Convert(#[from] ConvertError),
-    #[error("{context} {path}: {source}")]
+    #[error("{context} {path}")]
     Io {
         path: PathBuf,
         context: &'static str,

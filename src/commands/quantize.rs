@@ -78,9 +78,9 @@ pub struct Args {
     pub min_lr: f64,
     #[arg(long, value_enum, default_value = "cosine")]
     pub schedule: Schedule,
-    /// Linear warmup steps.
-    #[arg(long, default_value_t = 10)]
-    pub warmup: u64,
+    /// Linear warmup steps (default: 10, or a tenth of a shorter run).
+    #[arg(long)]
+    pub warmup: Option<u64>,
     /// WSD: steps of the final decay (default: a fifth of --steps).
     #[arg(long)]
     pub decay_steps: Option<u64>,
@@ -226,7 +226,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Schedule::Cosine => ScheduleKind::Cosine,
             Schedule::Wsd => ScheduleKind::Wsd,
         },
-        warmup_steps: args.warmup,
+        warmup_steps: args.warmup.unwrap_or((args.steps / 10).min(10)),
         decay_steps: match args.schedule {
             Schedule::Wsd => args.decay_steps.unwrap_or(args.steps / 5),
             Schedule::Cosine => 0,
