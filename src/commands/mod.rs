@@ -3,4 +3,6 @@ pub mod convert;
 pub mod export_gguf;
 pub mod inspect;
 pub mod perplexity;
+pub mod plot;
+pub mod quantize;
 pub mod run;
