@@ -10,21 +10,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::gguf::GgmlType;
 use half::f16;
-use tern_format::blocks::{int4_value, ternary2_code, ternary3_code, BlockTernary2, BlockTernary3, TERNARY_BLOCK_WEIGHTS};
+use tern_format::blocks::{
+    int4_value, ternary2_code, ternary3_code, BlockTernary2, BlockTernary3, TERNARY_BLOCK_WEIGHTS,
+};
 use tern_format::{Architecture, ElementType, ModelView, RopeScaling, RopeStyle, ScaleKind, TensorView};
-
-/// ggml type ids used here (ggml.h `enum ggml_type`).
-pub mod ggml_type {
-    pub const F32: u32 = 0;
-    pub const F16: u32 = 1;
-    pub const Q4_0: u32 = 2;
-    pub const Q8_0: u32 = 8;
-    pub const TQ1_0: u32 = 34;
-    pub const TQ2_0: u32 = 35;
-    /// Block of 64: f16 d, then 16 bytes; weight j in byte j/4 at bit 2·(j mod 4) (llama.cpp ≥ 2026).
-    pub const Q2_0: u32 = 42;
-}
 
 /// Which 256-block ternary type to prefer where rows allow it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +55,7 @@ enum Value {
 
 struct GgufBuilder {
     kv: Vec<(String, Value)>,
-    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
+    tensors: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)>,
 }
 
 const ALIGNMENT: usize = 32;
@@ -129,7 +120,7 @@ impl GgufBuilder {
             for d in dims {
                 out.extend_from_slice(&d.to_le_bytes());
             }
-            out.extend_from_slice(&ty.to_le_bytes());
+            out.extend_from_slice(&ty.id().to_le_bytes());
             out.extend_from_slice(&(offset as u64).to_le_bytes());
             offset = (offset + data.len()).div_ceil(ALIGNMENT) * ALIGNMENT;
         }
@@ -150,15 +141,22 @@ impl GgufBuilder {
 fn ternary_row(t: &TensorView<'_>, r: usize) -> Result<(Vec<u8>, Vec<f32>), ExportError> {
     let cols = t.shape.cols() as usize;
     let row_bytes = t.row_bytes();
-    let row = t.data.get(r * row_bytes..(r + 1) * row_bytes).ok_or_else(|| terr(t, "row out of range"))?;
+    let row = t
+        .data
+        .get(r * row_bytes..(r + 1) * row_bytes)
+        .ok_or_else(|| terr(t, "row out of range"))?;
     let codes: Vec<u8> = match t.dtype {
         ElementType::Ternary2 => {
             let blocks: &[BlockTernary2] = bytemuck::cast_slice(row);
-            (0..cols).map(|i| ternary2_code(&blocks[i / TERNARY_BLOCK_WEIGHTS], i % TERNARY_BLOCK_WEIGHTS)).collect()
+            (0..cols)
+                .map(|i| ternary2_code(&blocks[i / TERNARY_BLOCK_WEIGHTS], i % TERNARY_BLOCK_WEIGHTS))
+                .collect()
         }
         ElementType::Ternary3 => {
             let blocks: &[BlockTernary3] = bytemuck::cast_slice(row);
-            (0..cols).map(|i| ternary3_code(&blocks[i / TERNARY_BLOCK_WEIGHTS], i % TERNARY_BLOCK_WEIGHTS)).collect()
+            (0..cols)
+                .map(|i| ternary3_code(&blocks[i / TERNARY_BLOCK_WEIGHTS], i % TERNARY_BLOCK_WEIGHTS))
+                .collect()
         }
         _ => return Err(terr(t, "not ternary")),
     };
@@ -180,7 +178,10 @@ fn ternary_row(t: &TensorView<'_>, r: usize) -> Result<(Vec<u8>, Vec<f32>), Expo
 fn block_scale(t: &TensorView<'_>, scales: &[f32]) -> Result<[u8; 2], ExportError> {
     let s = scales[0];
     if scales.iter().any(|&x| x != s) {
-        return Err(terr(t, "scale groups are smaller than the GGUF block; use a group size that is a multiple of it"));
+        return Err(terr(
+            t,
+            "scale groups are smaller than the GGUF block; use a group size that is a multiple of it",
+        ));
     }
     Ok(f16::from_f32(s).to_le_bytes())
 }
@@ -237,31 +238,34 @@ fn encode_q2_0(t: &TensorView<'_>, codes: &[u8], scales: &[f32], out: &mut Vec<u
     Ok(())
 }
 
-fn ternary_tensor(t: &TensorView<'_>, prefer: TernaryGgufType) -> Result<(u32, Vec<u8>), ExportError> {
+fn ternary_tensor(t: &TensorView<'_>, prefer: TernaryGgufType) -> Result<(GgmlType, Vec<u8>), ExportError> {
     let (rows, cols) = (t.shape.rows() as usize, t.shape.cols() as usize);
     let ty = if cols % 256 == 0 {
         match prefer {
-            TernaryGgufType::Tq2_0 => ggml_type::TQ2_0,
-            TernaryGgufType::Tq1_0 => ggml_type::TQ1_0,
+            TernaryGgufType::Tq2_0 => GgmlType::TQ2_0,
+            TernaryGgufType::Tq1_0 => GgmlType::TQ1_0,
         }
     } else if cols % 64 == 0 {
-        ggml_type::Q2_0
+        GgmlType::Q2_0
     } else {
-        return Err(terr(t, format!("{cols} columns: GGUF ternary types need a multiple of 64")));
+        return Err(terr(
+            t,
+            format!("{cols} columns: GGUF ternary types need a multiple of 64"),
+        ));
     };
     let mut out = Vec::new();
     for r in 0..rows {
         let (codes, scales) = ternary_row(t, r)?;
         match ty {
-            ggml_type::TQ2_0 => encode_tq2_0(t, &codes, &scales, &mut out)?,
-            ggml_type::TQ1_0 => encode_tq1_0(t, &codes, &scales, &mut out)?,
+            GgmlType::TQ2_0 => encode_tq2_0(t, &codes, &scales, &mut out)?,
+            GgmlType::TQ1_0 => encode_tq1_0(t, &codes, &scales, &mut out)?,
             _ => encode_q2_0(t, &codes, &scales, &mut out)?,
         }
     }
     Ok((ty, out))
 }
 
-fn int8_tensor(t: &TensorView<'_>) -> Result<(u32, Vec<u8>), ExportError> {
+fn int8_tensor(t: &TensorView<'_>) -> Result<(GgmlType, Vec<u8>), ExportError> {
     let cols = t.shape.cols() as usize;
     if cols % 32 != 0 {
         return Err(terr(t, "Q8_0 needs rows that are multiples of 32"));
@@ -274,10 +278,10 @@ fn int8_tensor(t: &TensorView<'_>) -> Result<(u32, Vec<u8>), ExportError> {
             out.extend_from_slice(block);
         }
     }
-    Ok((ggml_type::Q8_0, out))
+    Ok((GgmlType::Q8_0, out))
 }
 
-fn int4_tensor(t: &TensorView<'_>) -> Result<(u32, Vec<u8>), ExportError> {
+fn int4_tensor(t: &TensorView<'_>) -> Result<(GgmlType, Vec<u8>), ExportError> {
     let cols = t.shape.cols() as usize;
     let ScaleKind::PerGroup(g) = t.scale else {
         return Err(terr(t, "int4 without group scales"));
@@ -299,7 +303,7 @@ fn int4_tensor(t: &TensorView<'_>) -> Result<(u32, Vec<u8>), ExportError> {
             }
         }
     }
-    Ok((ggml_type::Q4_0, out))
+    Ok((GgmlType::Q4_0, out))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -317,7 +321,9 @@ fn vocab_from_tokenizer_json(json: &[u8], vocab_size: usize) -> Result<GgufVocab
     if j["model"]["type"].as_str() != Some("BPE") {
         return Err(terr("only BPE tokenizers can be exported to GGUF"));
     }
-    let vocab = j["model"]["vocab"].as_object().ok_or_else(|| terr("model.vocab missing"))?;
+    let vocab = j["model"]["vocab"]
+        .as_object()
+        .ok_or_else(|| terr("model.vocab missing"))?;
     let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
     let mut types = vec![1i32; vocab_size]; // 1 = normal
     for (tok, id) in vocab {
@@ -332,7 +338,8 @@ fn vocab_from_tokenizer_json(json: &[u8], vocab_size: usize) -> Result<GgufVocab
         };
         if (id as usize) < vocab_size {
             tokens[id as usize] = Some(content.to_string());
-            types[id as usize] = if a["special"].as_bool().unwrap_or(false) { 3 } else { 4 }; // control / user
+            types[id as usize] = if a["special"].as_bool().unwrap_or(false) { 3 } else { 4 };
+            // control / user
         }
     }
     let tokens = tokens
@@ -352,9 +359,11 @@ fn vocab_from_tokenizer_json(json: &[u8], vocab_size: usize) -> Result<GgufVocab
         .iter()
         .map(|m| match m {
             serde_json::Value::String(s) => Ok(s.clone()),
-            serde_json::Value::Array(p) if p.len() == 2 => {
-                Ok(format!("{} {}", p[0].as_str().unwrap_or_default(), p[1].as_str().unwrap_or_default()))
-            }
+            serde_json::Value::Array(p) if p.len() == 2 => Ok(format!(
+                "{} {}",
+                p[0].as_str().unwrap_or_default(),
+                p[1].as_str().unwrap_or_default()
+            )),
             _ => Err(terr("merge is neither \"a b\" nor [a, b]")),
         })
         .collect::<Result<_, _>>()?;
@@ -384,7 +393,8 @@ fn llama3_rope_factors(head_dim: usize, theta: f32, s: RopeScaling) -> Option<Ve
                 } else if wavelen > low_wl {
                     factor as f64
                 } else {
-                    let smooth = (orig / wavelen - low_freq_factor as f64) / (high_freq_factor as f64 - low_freq_factor as f64);
+                    let smooth =
+                        (orig / wavelen - low_freq_factor as f64) / (high_freq_factor as f64 - low_freq_factor as f64);
                     1.0 / ((1.0 - smooth) / factor as f64 + smooth)
                 };
                 f as f32
@@ -397,15 +407,26 @@ fn llama3_rope_factors(head_dim: usize, theta: f32, s: RopeScaling) -> Option<Ve
 pub fn export_gguf(view: &ModelView<'_>, prefer: TernaryGgufType) -> Result<Vec<u8>, ExportError> {
     let c = view.config();
     if c.arch != Architecture::Llama {
-        return Err(ExportError::Unsupported(format!("GGUF export of {} models is not supported yet", c.arch.name())));
+        return Err(ExportError::Unsupported(format!(
+            "GGUF export of {} models is not supported yet",
+            c.arch.name()
+        )));
     }
     if c.rope_style != RopeStyle::Interleaved {
-        return Err(ExportError::Unsupported("GGUF export needs interleaved RoPE pairs (GGUF's convention)".into()));
+        return Err(ExportError::Unsupported(
+            "GGUF export needs interleaved RoPE pairs (GGUF's convention)".into(),
+        ));
     }
-    let mut g = GgufBuilder { kv: Vec::new(), tensors: Vec::new() };
+    let mut g = GgufBuilder {
+        kv: Vec::new(),
+        tensors: Vec::new(),
+    };
     let meta: BTreeMap<&str, &str> = view.metadata().filter_map(Result::ok).collect();
     g.kv("general.architecture", Value::Str("llama".into()));
-    g.kv("general.name", Value::Str(meta.get("general.name").copied().unwrap_or("tern export").to_string()));
+    g.kv(
+        "general.name",
+        Value::Str(meta.get("general.name").copied().unwrap_or("tern export").to_string()),
+    );
     g.kv("general.alignment", Value::U32(ALIGNMENT as u32));
     g.kv("llama.context_length", Value::U32(c.context_length));
     g.kv("llama.embedding_length", Value::U32(c.hidden_size));
@@ -422,7 +443,10 @@ pub fn export_gguf(view: &ModelView<'_>, prefer: TernaryGgufType) -> Result<Vec<
     if let Some(tok) = view.tokenizer() {
         let v = vocab_from_tokenizer_json(tok.bytes, c.vocab_size as usize)?;
         g.kv("tokenizer.ggml.model", Value::Str("gpt2".into()));
-        g.kv("tokenizer.ggml.pre", Value::Str(meta.get("tokenizer.ggml.pre").copied().unwrap_or("default").to_string()));
+        g.kv(
+            "tokenizer.ggml.pre",
+            Value::Str(meta.get("tokenizer.ggml.pre").copied().unwrap_or("default").to_string()),
+        );
         g.kv("tokenizer.ggml.tokens", Value::StrArray(v.tokens));
         g.kv("tokenizer.ggml.token_type", Value::I32Array(v.types));
         g.kv("tokenizer.ggml.merges", Value::StrArray(v.merges));
@@ -442,15 +466,20 @@ pub fn export_gguf(view: &ModelView<'_>, prefer: TernaryGgufType) -> Result<Vec<
     }
     if let Some(f) = llama3_rope_factors(c.head_dim as usize, c.rope_theta, c.rope_scaling) {
         let n = f.len() as u64;
-        g.tensors.push(("rope_freqs.weight".into(), vec![n], ggml_type::F32, bytemuck::cast_slice(&f).to_vec()));
+        g.tensors.push((
+            "rope_freqs.weight".into(),
+            vec![n],
+            GgmlType::F32,
+            bytemuck::cast_slice(&f).to_vec(),
+        ));
     }
     for t in view.tensors() {
         let (ty, data) = match t.dtype {
             ElementType::Ternary2 | ElementType::Ternary3 => ternary_tensor(&t, prefer)?,
             ElementType::Int8 => int8_tensor(&t)?,
             ElementType::Int4 => int4_tensor(&t)?,
-            ElementType::F16 => (ggml_type::F16, t.data.to_vec()),
-            ElementType::F32 => (ggml_type::F32, t.data.to_vec()),
+            ElementType::F16 => (GgmlType::F16, t.data.to_vec()),
+            ElementType::F32 => (GgmlType::F32, t.data.to_vec()),
         };
         // GGUF lists dimensions innermost first.
         let dims: Vec<u64> = t.shape.dims().iter().rev().copied().collect();

@@ -5,8 +5,8 @@
 use half::f16;
 use tern_format::blocks::{ternary2_code, ternary3_code, BlockTernary2, BlockTernary3};
 use tern_format::{
-    AlignedBytes, Architecture, ElementType, ModelConfig, ModelView, ModelWriter, Role, RopeScaling, RopeStyle, ScaleKind,
-    Shape, TensorData, TensorView, TernaryLayout, NO_TOKEN,
+    AlignedBytes, Architecture, ElementType, ModelConfig, ModelView, ModelWriter, Role, RopeScaling, RopeStyle,
+    ScaleKind, Shape, TensorData, TensorView, TernaryLayout, NO_TOKEN,
 };
 use tern_quantizer::gguf::GgufFile;
 use tern_quantizer::gguf_export::{export_gguf, TernaryGgufType};
@@ -37,7 +37,10 @@ fn config(hidden: u32, ffn: u32) -> ModelConfig {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn trit(&mut self) -> i8 {
@@ -58,17 +61,59 @@ fn model(hidden: u32, ffn: u32, down_scale: ScaleKind) -> Vec<u8> {
         "model":{"type":"BPE","vocab":{"a":3,"b":4,"ab":5},"merges":["a b"]}}"#;
     w.tokenizer_json(tok.as_bytes().to_vec());
     let emb: Vec<f32> = (0..64 * h).map(|_| rng.f32()).collect();
-    w.add_tensor(TensorData::int8_rows("token_embd.weight", Role::TokenEmbedding, None, Shape::new(&[64, h as u64]).unwrap(), &emb)).unwrap();
+    w.add_tensor(TensorData::int8_rows(
+        "token_embd.weight",
+        Role::TokenEmbedding,
+        None,
+        Shape::new(&[64, h as u64]).unwrap(),
+        &emb,
+    ))
+    .unwrap();
     let ones = vec![1.0f32; h];
-    w.add_tensor(TensorData::f32("blk.0.attn_norm.weight", Role::AttnNorm, Some(0), Shape::new(&[h as u64]).unwrap(), &ones)).unwrap();
-    w.add_tensor(TensorData::f32("blk.0.ffn_norm.weight", Role::FfnNorm, Some(0), Shape::new(&[h as u64]).unwrap(), &ones)).unwrap();
-    w.add_tensor(TensorData::f32("output_norm.weight", Role::OutputNorm, None, Shape::new(&[h as u64]).unwrap(), &ones)).unwrap();
+    w.add_tensor(TensorData::f32(
+        "blk.0.attn_norm.weight",
+        Role::AttnNorm,
+        Some(0),
+        Shape::new(&[h as u64]).unwrap(),
+        &ones,
+    ))
+    .unwrap();
+    w.add_tensor(TensorData::f32(
+        "blk.0.ffn_norm.weight",
+        Role::FfnNorm,
+        Some(0),
+        Shape::new(&[h as u64]).unwrap(),
+        &ones,
+    ))
+    .unwrap();
+    w.add_tensor(TensorData::f32(
+        "output_norm.weight",
+        Role::OutputNorm,
+        None,
+        Shape::new(&[h as u64]).unwrap(),
+        &ones,
+    ))
+    .unwrap();
     let specs = [
         ("attn_q", Role::AttnQ, h, h, TernaryLayout::TwoBit, ScaleKind::PerTensor),
         ("attn_k", Role::AttnK, kv, h, TernaryLayout::Base3, ScaleKind::PerRow),
         ("attn_v", Role::AttnV, kv, h, TernaryLayout::TwoBit, ScaleKind::PerRow),
-        ("attn_output", Role::AttnOutput, h, h, TernaryLayout::Base3, ScaleKind::PerTensor),
-        ("ffn_gate", Role::FfnGate, f, h, TernaryLayout::TwoBit, ScaleKind::PerRow),
+        (
+            "attn_output",
+            Role::AttnOutput,
+            h,
+            h,
+            TernaryLayout::Base3,
+            ScaleKind::PerTensor,
+        ),
+        (
+            "ffn_gate",
+            Role::FfnGate,
+            f,
+            h,
+            TernaryLayout::TwoBit,
+            ScaleKind::PerRow,
+        ),
         ("ffn_up", Role::FfnUp, f, h, TernaryLayout::TwoBit, ScaleKind::PerTensor),
         ("ffn_down", Role::FfnDown, h, f, TernaryLayout::TwoBit, down_scale),
     ];
@@ -77,7 +122,17 @@ fn model(hidden: u32, ffn: u32, down_scale: ScaleKind) -> Vec<u8> {
         let n = scale.count(rows as u64, cols as u64).unwrap() as usize;
         let scales: Vec<f32> = (0..n).map(|_| 0.01 + rng.f32().abs() * 0.05).collect();
         let shape = Shape::new(&[rows as u64, cols as u64]).unwrap();
-        let t = TensorData::ternary(&format!("blk.0.{name}.weight"), role, Some(0), shape, layout, &q, scale, scales).unwrap();
+        let t = TensorData::ternary(
+            &format!("blk.0.{name}.weight"),
+            role,
+            Some(0),
+            shape,
+            layout,
+            &q,
+            scale,
+            scales,
+        )
+        .unwrap();
         w.add_tensor(t).unwrap();
     }
     w.to_bytes().unwrap()
@@ -92,18 +147,24 @@ fn expected_values(t: &TensorView<'_>) -> Vec<f32> {
         let row = &t.data[r * rb..(r + 1) * rb];
         for i in 0..cols {
             let (q, s) = match t.dtype {
-                ElementType::Ternary2 => (ternary2_code(&bytemuck::cast_slice::<_, BlockTernary2>(row)[i / 64], i % 64) as f32 - 1.0, t.scales[match t.scale {
-                    ScaleKind::PerTensor => 0,
-                    ScaleKind::PerRow => r,
-                    ScaleKind::PerGroup(g) => r * cols.div_ceil(g as usize) + i / g as usize,
-                    ScaleKind::None => unreachable!(),
-                }]),
-                ElementType::Ternary3 => (ternary3_code(&bytemuck::cast_slice::<_, BlockTernary3>(row)[i / 64], i % 64) as f32 - 1.0, t.scales[match t.scale {
-                    ScaleKind::PerTensor => 0,
-                    ScaleKind::PerRow => r,
-                    ScaleKind::PerGroup(g) => r * cols.div_ceil(g as usize) + i / g as usize,
-                    ScaleKind::None => unreachable!(),
-                }]),
+                ElementType::Ternary2 => (
+                    ternary2_code(&bytemuck::cast_slice::<_, BlockTernary2>(row)[i / 64], i % 64) as f32 - 1.0,
+                    t.scales[match t.scale {
+                        ScaleKind::PerTensor => 0,
+                        ScaleKind::PerRow => r,
+                        ScaleKind::PerGroup(g) => r * cols.div_ceil(g as usize) + i / g as usize,
+                        ScaleKind::None => unreachable!(),
+                    }],
+                ),
+                ElementType::Ternary3 => (
+                    ternary3_code(&bytemuck::cast_slice::<_, BlockTernary3>(row)[i / 64], i % 64) as f32 - 1.0,
+                    t.scales[match t.scale {
+                        ScaleKind::PerTensor => 0,
+                        ScaleKind::PerRow => r,
+                        ScaleKind::PerGroup(g) => r * cols.div_ceil(g as usize) + i / g as usize,
+                        ScaleKind::None => unreachable!(),
+                    }],
+                ),
                 ElementType::Int8 => (row[i] as i8 as f32, t.scales[r]),
                 ElementType::F32 => (f32::from_le_bytes(row[4 * i..4 * i + 4].try_into().unwrap()), 1.0),
                 _ => unreachable!(),
@@ -121,17 +182,33 @@ fn round_trip(bytes: &[u8], ty: TernaryGgufType) -> (Vec<u8>, Vec<(String, Vec<f
     let file = GgufFile::from_bytes("export.gguf", gguf.clone()).unwrap();
     let mut expected = Vec::new();
     for t in view.tensors() {
-        let info = file.tensor_info(t.name).unwrap_or_else(|| panic!("{} missing from the GGUF", t.name));
-        assert_eq!(info.shape(), t.shape.dims().iter().map(|&d| d as usize).collect::<Vec<_>>(), "{}", t.name);
+        let info = file
+            .tensor_info(t.name)
+            .unwrap_or_else(|| panic!("{} missing from the GGUF", t.name));
+        assert_eq!(
+            info.shape(),
+            t.shape.dims().iter().map(|&d| d as usize).collect::<Vec<_>>(),
+            "{}",
+            t.name
+        );
         let want = if t.dtype == ElementType::F32 {
-            bytemuck::cast_slice::<u8, f32>(&t.data.to_vec()).to_vec()
+            t.data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
         } else {
             expected_values(&t)
         };
         let got = file.dequantize(info).unwrap();
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.to_bits(), w.to_bits(), "{} ({:?}) element {i}: {g} vs {w}", t.name, info.ggml_type);
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{} ({:?}) element {i}: {g} vs {w}",
+                t.name,
+                info.ggml_type
+            );
         }
         // The ternary values themselves: dividing by the block's f16 scale recovers exactly −1, 0, +1.
         if t.dtype.is_ternary() {
@@ -152,10 +229,19 @@ fn tq2_0_and_q2_0_round_trip_exactly() {
     let bytes = model(320, 512, ScaleKind::PerGroup(256));
     let (gguf, _) = round_trip(&bytes, TernaryGgufType::Tq2_0);
     let file = GgufFile::from_bytes("e.gguf", gguf).unwrap();
-    assert_eq!(file.tensor_info("blk.0.ffn_down.weight").unwrap().ggml_type.name(), "tq2_0");
-    assert_eq!(file.tensor_info("blk.0.attn_q.weight").unwrap().ggml_type.name(), "q2_0");
+    assert_eq!(
+        file.tensor_info("blk.0.ffn_down.weight").unwrap().ggml_type.name(),
+        "tq2_0"
+    );
+    assert_eq!(
+        file.tensor_info("blk.0.attn_q.weight").unwrap().ggml_type.name(),
+        "q2_0"
+    );
     assert_eq!(file.get("general.architecture").and_then(|v| v.as_str()), Some("llama"));
-    assert_eq!(file.get("llama.embedding_length").and_then(|v| v.as_integer()), Some(320));
+    assert_eq!(
+        file.get("llama.embedding_length").and_then(|v| v.as_integer()),
+        Some(320)
+    );
     let tokens = file.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).unwrap();
     assert_eq!(tokens.len(), 64);
     assert_eq!(tokens[5].as_str(), Some("ab"));
@@ -166,7 +252,10 @@ fn tq1_0_round_trips_exactly() {
     let bytes = model(256, 512, ScaleKind::PerRow);
     let (gguf, _) = round_trip(&bytes, TernaryGgufType::Tq1_0);
     let file = GgufFile::from_bytes("e.gguf", gguf).unwrap();
-    assert_eq!(file.tensor_info("blk.0.ffn_gate.weight").unwrap().ggml_type.name(), "tq1_0");
+    assert_eq!(
+        file.tensor_info("blk.0.ffn_gate.weight").unwrap().ggml_type.name(),
+        "tq1_0"
+    );
 }
 
 #[test]
@@ -175,7 +264,10 @@ fn groups_smaller_than_the_block_are_refused() {
     let aligned = AlignedBytes::from_slice(&bytes);
     let view = ModelView::parse(&aligned).unwrap();
     let err = export_gguf(&view, TernaryGgufType::Tq2_0).unwrap_err().to_string();
-    assert!(err.contains("blk.0.ffn_down.weight") && err.contains("multiple"), "{err}");
+    assert!(
+        err.contains("blk.0.ffn_down.weight") && err.contains("multiple"),
+        "{err}"
+    );
 }
 
 /// gguf-py, the reference implementation of the GGUF types in llama.cpp's repository, reads the export and
@@ -194,10 +286,18 @@ fn gguf_py_dequantizes_the_export_identically() {
             std::fs::write(dir.join(format!("{name}.f32")), bytemuck::cast_slice(values)).unwrap();
         }
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/check_gguf_export.py");
-        let out = std::process::Command::new("python3").arg(script).arg(&path).arg(&dir).output().expect("python3");
+        let out = std::process::Command::new("python3")
+            .arg(script)
+            .arg(&path)
+            .arg(&dir)
+            .output()
+            .expect("python3");
         let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "gguf-py check failed ({ty:?}):\n{text}");
-        assert!(text.contains(&format!("{} tensors checked, 0 mismatches", expected.len())), "{text}");
+        assert!(
+            text.contains(&format!("{} tensors checked, 0 mismatches", expected.len())),
+            "{text}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
