@@ -76,3 +76,80 @@ fn write_f16_smollm2() {
     std::fs::write(&out, f16_model(&path)).unwrap();
     eprintln!("wrote {}", out.display());
 }
+
+/// The KV-cache precision measurement behind runtime/README.md: SmolLM2 (PTQ ternary and f16 weights) over
+/// the first 512 tokens of assets/lee.txt with an f16 and an f32 cache run in lockstep — largest logit
+/// difference relative to the row's largest logit, top-1 agreement, mean NLL of each — then decode speed of
+/// 64 tokens after the 512-token prefix. `cargo test --release --test runtime_smollm2 -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn kv_precision_measurement() {
+    use std::time::Instant;
+    use tern_runtime::{KvPrecision, Logits};
+    let Some(path) = gguf() else { return };
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/lee.txt")).unwrap();
+    let src = tern_quantizer::model::load(&path).unwrap();
+    let ptq = tern_quantizer::ptq::ptq_model(&src, &Default::default(), &mut |_, _, _| {})
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    for (name, file) in [("ptq ternary", ptq), ("f16 weights", f16_model(&path))] {
+        let bytes = AlignedBytes::from_slice(&file);
+        let view = ModelView::parse(&bytes).unwrap();
+        let tok = Tokenizer::from_model(&view).unwrap();
+        let model = Model::new(view).unwrap();
+        let ids = tok.encode_prompt(&text).unwrap();
+        let (n, batch) = (512usize.min(ids.len()), 64);
+        let mk = |kv| SessionOptions::new(n + 64, batch).with_kv(kv);
+        let mut a16 = vec![0u8; mk(KvPrecision::F16).arena_bytes(model.config()).unwrap()];
+        let mut a32 = vec![0u8; mk(KvPrecision::F32).arena_bytes(model.config()).unwrap()];
+        let mut s16 = Session::new(&model, &mut a16, mk(KvPrecision::F16)).unwrap();
+        let mut s32 = Session::new(&model, &mut a32, mk(KvPrecision::F32)).unwrap();
+        let (mut worst, mut agree, mut nll16, mut nll32, mut count) = (0.0f64, 0usize, 0.0f64, 0.0f64, 0usize);
+        let nll = |row: &[f32], t: u32| {
+            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+            m + z.ln() - row[t as usize] as f64
+        };
+        for (b, chunk) in ids[..n].chunks(batch).enumerate() {
+            s16.forward(chunk, Logits::All).unwrap();
+            s32.forward(chunk, Logits::All).unwrap();
+            for i in 0..chunk.len() {
+                let (r16, r32) = (s16.logits_row(i).unwrap(), s32.logits_row(i).unwrap());
+                let scale = r32.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+                let d = r16
+                    .iter()
+                    .zip(r32)
+                    .fold(0.0f64, |m, (a, b)| m.max((a - b).abs() as f64));
+                worst = worst.max(d / scale);
+                let am = |r: &[f32]| tern_runtime::sampling::argmax(r);
+                agree += usize::from(am(r16) == am(r32));
+                if let Some(&next) = ids.get(b * batch + i + 1) {
+                    nll16 += nll(r16, next);
+                    nll32 += nll(r32, next);
+                    count += 1;
+                }
+            }
+        }
+        println!(
+            "{name}: {n} positions, max |logit(f16 KV) - logit(f32 KV)| = {worst:.2e} of the row's max |logit|, \
+             top-1 agreement {:.2}%, mean NLL f16 {:.5} / f32 {:.5}",
+            100.0 * agree as f64 / n as f64,
+            nll16 / count as f64,
+            nll32 / count as f64
+        );
+        for (kv, s) in [("f16", &mut s16), ("f32", &mut s32)] {
+            let mut g = Sampler::new(SamplingParams::greedy());
+            let t0 = Instant::now();
+            for _ in 0..64 {
+                let t = s.sample(&mut g).unwrap();
+                s.decode(t).unwrap();
+            }
+            println!(
+                "{name}: {kv} KV decode at positions {n}..{}: {:.1} tokens/s",
+                n + 64,
+                64.0 / t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+}

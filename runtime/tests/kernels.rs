@@ -324,3 +324,16 @@ fn matmul_matches_f64_for_every_type_and_granularity() {
         }
     }
 }
+
+#[test]
+fn f16_conversion_is_exact_for_every_value() {
+    for bits in 0..=u16::MAX {
+        let h = f16::from_bits(bits);
+        let (got, want) = (scalar::f16_to_f32(h), h.to_f32());
+        if want.is_nan() {
+            assert!(got.is_nan(), "{bits:#06x}");
+        } else {
+            assert_eq!(got.to_bits(), want.to_bits(), "{bits:#06x}");
+        }
+    }
+}

@@ -148,7 +148,28 @@ pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
 }
 
 pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
-    dot8(w, x, f16::to_f32)
+    dot8(w, x, f16_to_f32)
+}
+
+/// Exact f16 → f32 conversion in plain integer arithmetic (normals, subnormals, ±0, ±inf, NaN), written so
+/// that the compiler can vectorise it; a call-free stand-in for a hardware conversion instruction.
+#[inline(always)]
+pub fn f16_to_f32(h: f16) -> f32 {
+    let h = u32::from(h.to_bits());
+    let sign = (h & 0x8000) << 16;
+    let em = (h & 0x7FFF) << 13; // exponent and mantissa in f32 position, exponent still biased by 15
+    let exp = em & (0x7C00 << 13);
+    let normal = f32::from_bits(em + ((127 - 15) << 23));
+    let bits = if exp == 0x7C00 << 13 {
+        // Inf / NaN: exponent all ones.
+        em + ((255 - 31) << 23)
+    } else if exp == 0 {
+        // Zero / subnormal: m·2^-24, computed exactly as (2^-14 + m·2^-24) − 2^-14.
+        (f32::from_bits(em + (113 << 23)) - f32::from_bits(113 << 23)).to_bits()
+    } else {
+        normal.to_bits()
+    };
+    f32::from_bits(bits | sign)
 }
 
 /// int4 row segment: element `i` is nibble `i % 2` (low first) of byte `i / 2`, value `nibble − 8`.
@@ -176,6 +197,6 @@ pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
 
 pub fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]) {
     for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += a * xi.to_f32();
+        *yi += a * f16_to_f32(xi);
     }
 }
