@@ -215,7 +215,9 @@ impl<'s> Carver<'s> {
         Self { rest: bytes }
     }
 
-    /// The next region of `n` elements of `T`, zeroed, starting 64-byte aligned.
+    /// The next region of `n` elements of `T`, starting 64-byte aligned. Not cleared: every buffer is written
+    /// before it is read, and leaving the bytes alone lets the pages of a large, still unused KV cache stay
+    /// untouched (a zeroed `Vec` is mapped lazily).
     pub fn take<T: bytemuck::Pod>(&mut self, n: usize) -> Result<&'s mut [T], RuntimeError> {
         let bytes = mul(n, core::mem::size_of::<T>())?;
         let rest = core::mem::take(&mut self.rest);
@@ -228,9 +230,7 @@ impl<'s> Carver<'s> {
         }
         let (head, tail) = rest.split_at_mut(end);
         self.rest = tail;
-        let region = &mut head[pad..pad + bytes];
-        region.fill(0);
-        bytemuck::try_cast_slice_mut(region).map_err(|_| RuntimeError::SizeOverflow)
+        bytemuck::try_cast_slice_mut(&mut head[pad..pad + bytes]).map_err(|_| RuntimeError::SizeOverflow)
     }
 }
 

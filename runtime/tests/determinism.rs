@@ -15,7 +15,20 @@ fn generate(
     n: usize,
     params: SamplingParams,
 ) -> (Vec<u32>, Vec<u32>) {
-    let mut arena = vec![0u8; opts.arena_bytes(model.config()).unwrap()];
+    generate_in(model, opts, prompt, n, params, 0)
+}
+
+/// `generate` in an arena pre-filled with `fill` (0xFF makes every f32 a NaN): sessions must not read
+/// anything they did not write.
+fn generate_in(
+    model: &Model<'_>,
+    opts: SessionOptions,
+    prompt: &[u32],
+    n: usize,
+    params: SamplingParams,
+    fill: u8,
+) -> (Vec<u32>, Vec<u32>) {
+    let mut arena = vec![fill; opts.arena_bytes(model.config()).unwrap()];
     let mut s = Session::new(model, &mut arena, opts).unwrap();
     let mut sampler = Sampler::new(params);
     let mut bits: Vec<u32> = s.prefill(prompt).unwrap().iter().map(|v| v.to_bits()).collect();
@@ -58,6 +71,15 @@ fn greedy_is_identical_across_runs_threads_and_batch_sizes() {
             SamplingParams::greedy(),
         );
         assert_eq!(base, again, "second run differs");
+        let dirty = generate_in(
+            &model,
+            SessionOptions::new(64, 8),
+            &prompt,
+            24,
+            SamplingParams::greedy(),
+            0xFF,
+        );
+        assert!(dirty == base, "a NaN-filled arena changes the result");
         for threads in [2, 3, 4, 7] {
             let opts = SessionOptions::new(64, 8).with_threads(threads);
             let t = generate(&model, opts, &prompt, 24, SamplingParams::greedy());
