@@ -13,6 +13,11 @@ use core::ops::Range;
 /// Most tasks one loop is split into.
 pub const MAX_THREADS: usize = 64;
 
+/// Least work (multiply-adds) worth a thread of its own. Threads are spawned per loop, which costs tens of
+/// microseconds (much more when the cores are busy with other processes), so small loops — most of a
+/// single-token decode step — run on the calling thread: ~2^20 scalar multiply-adds take ~0.3 ms.
+pub const MIN_WORK_PER_THREAD: usize = 1 << 20;
+
 /// One task: the tokens and columns (`units`) it computes, its output region (`[token][unit][unit_w]`, local
 /// to the task) and its share of a per-unit scratch buffer.
 pub(crate) struct ColTask<'b> {
@@ -51,7 +56,8 @@ fn take<'b>(rest: &mut &'b mut [f32], len: usize) -> &'b mut [f32] {
 }
 
 /// Fills `out` (`[token][units·unit_w]`, `batch` tokens) by calling `f` on up to `threads` disjoint unit
-/// ranges. `extra` holds `extra_per_unit` scratch values per unit; each task gets those of its units.
+/// ranges, fewer when `work` (the loop's multiply-adds) is too small to pay for them. `extra` holds
+/// `extra_per_unit` scratch values per unit; each task gets those of its units.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_columns(
     threads: usize,
@@ -62,10 +68,14 @@ pub(crate) fn par_columns(
     scratch: &mut [f32],
     extra: &mut [f32],
     extra_per_unit: usize,
+    work: usize,
     f: &(dyn Fn(&mut ColTask<'_>) + Sync),
 ) {
     let width = units * unit_w;
-    let n = threads.clamp(1, MAX_THREADS).min(units.max(1));
+    let n = threads
+        .clamp(1, MAX_THREADS)
+        .min(units.max(1))
+        .min((work / MIN_WORK_PER_THREAD).max(1));
     if n == 1 {
         let mut task = ColTask {
             tokens: 0..batch,

@@ -456,6 +456,7 @@ impl MatMul<'_> {
                 self.scratch,
                 &mut [],
                 0,
+                n * w.rows * w.cols,
                 &|task: &mut ColTask<'_>| (k.matmul)(k, w, &acts, task.tokens.clone(), task.units.clone(), task.out),
             );
         }
@@ -512,6 +513,8 @@ impl Attn {
             scratch,
             scores,
             ctx,
+            // Scores and weighted values: ~2·head_dim multiply-adds per (token, head, position).
+            self.n * d.heads * (pos + self.n) * 2 * hd,
             &|task: &mut ColTask<'_>| {
                 let w = task.units.len() * hd;
                 for (ti, t) in task.tokens.clone().enumerate() {
