@@ -8,7 +8,7 @@ use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tern_format::blocks::{
-    int4_value, pack_ternary2_row, pack_ternary3_row, quantize_int4_row, round_half_away, unpack_ternary3_row,
+    int4_value, pack_ternary2_row, pack_ternary3_row, quantize_int4_row, round_half_even, unpack_ternary3_row,
     BlockTernary2, BlockTernary3,
 };
 use tern_format::{ElementType, ScaleKind};
@@ -36,7 +36,7 @@ fn quantize_i8_matches_the_specification() {
             let x: Vec<f32> = match case {
                 0 => (0..len).map(|_| r.gen_range(-3.0f32..3.0)).collect(),
                 1 => vec![0.0; len],
-                // Exact ties: absmax 127 makes s = 1, so x.5 values must round away from zero.
+                // Exact ties: absmax 127 makes s = 1, so x.5 values must round to the even neighbour.
                 2 => (0..len)
                     .map(|i| if i == 0 { 127.0 } else { (i % 20) as f32 - 9.5 })
                     .collect(),
@@ -52,7 +52,19 @@ fn quantize_i8_matches_the_specification() {
             for i in 0..padded {
                 let want = if i < len {
                     let v = f64::from(x[i] * s);
-                    let r = if v >= 0.0 { (v + 0.5).floor() } else { (v - 0.5).ceil() };
+                    // Nearest integer, ties to the even one (f64 arithmetic, independent of the kernel).
+                    let fl = v.floor();
+                    let r = match (v - fl).partial_cmp(&0.5) {
+                        Some(std::cmp::Ordering::Less) => fl,
+                        Some(std::cmp::Ordering::Greater) => fl + 1.0,
+                        _ => {
+                            if fl % 2.0 == 0.0 {
+                                fl
+                            } else {
+                                fl + 1.0
+                            }
+                        }
+                    };
                     r.clamp(-128.0, 127.0) as i64
                 } else {
                     0
@@ -67,10 +79,10 @@ fn quantize_i8_matches_the_specification() {
             assert_eq!(aq.d, 1.0 / s);
             if case == 2 {
                 if len > 10 {
-                    // s = 1 exactly: -8.5 → -9, -0.5 → -1, 0.5 → 1 (half away from zero).
-                    assert_eq!((q[1], q[9], q[10]), (-9, -1, 1));
+                    // s = 1 exactly: -8.5 → -8, -0.5 → 0, 0.5 → 0 (ties to even).
+                    assert_eq!((q[1], q[9], q[10]), (-8, 0, 0));
                 }
-                assert_eq!(round_half_away(2.5), 3.0);
+                assert_eq!(round_half_even(2.5), 2.0);
             }
         }
     }

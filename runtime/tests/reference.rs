@@ -13,9 +13,10 @@
 //! The one exception is a rounding-boundary flip: when an activation (or a key/value before its f16
 //! rounding) lies within float noise of a rounding boundary, the two sides round it differently and one
 //! int8 input moves by one step, 1/127 of its row's absmax. That perturbs the logits by at most ~1e-2 of
-//! their magnitude, at the position where it happens (and, much damped, at later positions through the KV
-//! cache). One of the 28 positions × 20 runs here hits one (2.7e-3, f16 KV). So the check is: at most 2
-//! positions of a run above 1e-4, and none above 1e-2.
+//! their magnitude, at the position where it happens — and, when the flipped value is a cached key or value,
+//! at every later position too (measured 4e-3..9e-3 after a flip in a K/V projection input). So the check is:
+//! at most 2 flip events per run (an event = a position above 1e-4 whose predecessor was below; a flip that
+//! persists through the KV cache is one event), and no position above 1e-2.
 
 mod common;
 
@@ -25,7 +26,7 @@ use tern_runtime::{KvPrecision, Logits, Model, Session, SessionOptions};
 
 struct Outcome {
     worst: f64,
-    /// Positions whose error exceeds the float-noise bound (rounding-boundary flips).
+    /// Rounding-boundary flip events: runs of consecutive positions above the float-noise bound.
     flips: usize,
 }
 
@@ -72,7 +73,11 @@ fn compare(spec: &Spec, seed: u64, kv: KvPrecision, threads: usize) -> Outcome {
         println!("{:?}", errs.iter().map(|e| format!("{e:.1e}")).collect::<Vec<_>>());
     }
     let worst = errs.iter().cloned().fold(0.0, f64::max);
-    let flips = errs.iter().filter(|&&e| e >= NOISE).count();
+    let flips = errs
+        .iter()
+        .enumerate()
+        .filter(|&(i, &e)| e >= NOISE && (i == 0 || errs[i - 1] < NOISE))
+        .count();
     Outcome { worst, flips }
 }
 

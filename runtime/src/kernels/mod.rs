@@ -93,7 +93,7 @@ pub type MatMulFn =
 /// The table of kernels one session uses.
 pub struct Kernels {
     pub name: &'static str,
-    /// Quantizes one row to int8 with `s = 127 / max(|x|, 1e-5)`, `q = clamp(round_half_away(x·s), −128, 127)`.
+    /// Quantizes one row to int8 with `s = 127 / max(|x|, 1e-5)`, `q = clamp(round_half_even(x·s), −128, 127)`.
     /// `q.len()` is a multiple of `CHUNK` and at least `x.len()`; entries past `x.len()` are set to 0.
     /// `chunk_sums[i] = Σ q[32i..32i+32]` for `i < q.len() / 32`.
     pub quantize_i8: fn(x: &[f32], q: &mut [i8], chunk_sums: &mut [i32]) -> ActQuant,

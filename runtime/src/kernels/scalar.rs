@@ -4,7 +4,7 @@
 //! them and gives SIMD versions a fixed order to reproduce.
 
 use half::f16;
-use tern_format::blocks::{round_half_away, BlockTernary2, BlockTernary3};
+use tern_format::blocks::{round_half_even, BlockTernary2, BlockTernary3};
 
 use super::{ActQuant, BLOCK, CHUNK};
 
@@ -17,7 +17,8 @@ pub fn quantize_i8(x: &[f32], q: &mut [i8], chunk_sums: &mut [i32]) -> ActQuant 
     let s = 127.0 / amax.max(ACT_EPS);
     for (i, qi) in q.iter_mut().enumerate() {
         *qi = match x.get(i) {
-            Some(&v) => round_half_away(v * s).clamp(-128.0, 127.0) as i8,
+            // Ties to even, as the training engine (and PyTorch BitNet code) rounds.
+            Some(&v) => round_half_even(v * s).clamp(-128.0, 127.0) as i8,
             None => 0,
         };
     }

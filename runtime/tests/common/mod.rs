@@ -5,7 +5,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tern_format::blocks::{int4_value, round_half_away, unpack_ternary2_row, unpack_ternary3_row};
+use tern_format::blocks::{int4_value, round_half_even, unpack_ternary2_row, unpack_ternary3_row};
 use tern_format::{
     AlignedBytes, Architecture, ElementType, ModelConfig, ModelView, ModelWriter, Role, RopeScaling, RopeStyle,
     ScaleKind, Shape, TensorData, TernaryLayout, NO_TOKEN,
@@ -307,7 +307,7 @@ fn vector(view: &ModelView<'_>, role: Role, layer: Option<u32>) -> Vec<f64> {
     }
 }
 
-/// Int8 activation quantization as specified: `s = 127 / max(|x|, 1e-5)` and `round_half_away(x·s)` clamped,
+/// Int8 activation quantization as specified: `s = 127 / max(|x|, 1e-5)` and `round_half_even(x·s)` clamped,
 /// evaluated in f32 on the f32 value of each activation. Returns the integers and `1/s`.
 pub fn quantize_act(x: &[f64]) -> (Vec<i32>, f64) {
     let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
@@ -315,7 +315,7 @@ pub fn quantize_act(x: &[f64]) -> (Vec<i32>, f64) {
     let s = 127.0f32 / amax.max(1e-5);
     let q = xf
         .iter()
-        .map(|&v| round_half_away(v * s).clamp(-128.0, 127.0) as i32)
+        .map(|&v| round_half_even(v * s).clamp(-128.0, 127.0) as i32)
         .collect();
     (q, 1.0 / f64::from(s))
 }

@@ -196,13 +196,14 @@ pub fn ternary_scale<T: Float>(w: &[T]) -> f64 {
 
 pub(crate) fn fake_quantize_ternary_cpu<T: Float>(out: &mut [T], w: &[T]) {
     let scale = ternary_scale(w);
-    let inv = T::from_f64(1.0 / scale);
     let s = T::from_f64(scale);
     out.par_chunks_mut(REDUCE_CHUNK)
         .zip(w.par_chunks(REDUCE_CHUNK))
         .for_each(|(o, w)| {
             for (o, &w) in o.iter_mut().zip(w) {
-                *o = clamp((w * inv).round_even(), -T::ONE, T::ONE) * s;
+                // Divide (not multiply by 1/s): the export (`ptq::ternarize_absmean`) divides, and w·(1/s) can land
+                // exactly on a tie that w/s misses, flipping a code between training and the exported file.
+                *o = clamp((w / s).round_even(), -T::ONE, T::ONE) * s;
             }
         });
 }
