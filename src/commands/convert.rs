@@ -30,7 +30,9 @@ pub fn parse_scale(s: &str) -> Result<ScaleGranularity, String> {
         "per-row" => Ok(ScaleGranularity::PerRow),
         _ => match s.strip_prefix("group:").map(str::parse::<u32>) {
             Some(Ok(g)) if g > 0 && g % 32 == 0 => Ok(ScaleGranularity::Group(g)),
-            _ => Err(format!("expected per-tensor, per-row or group:G with G a positive multiple of 32, got {s:?}")),
+            _ => Err(format!(
+                "expected per-tensor, per-row or group:G with G a positive multiple of 32, got {s:?}"
+            )),
         },
     }
 }
@@ -50,7 +52,9 @@ pub fn parse_head(s: &str) -> Result<HeadFormat, String> {
         "int4" => Ok(HeadFormat::Int4(32)),
         _ => match s.strip_prefix("int4:").map(str::parse::<u32>) {
             Some(Ok(g)) if g > 0 && g % 32 == 0 => Ok(HeadFormat::Int4(g)),
-            _ => Err(format!("expected int8, f16, int4 or int4:G (G a multiple of 32), got {s:?}")),
+            _ => Err(format!(
+                "expected int8, f16, int4 or int4:G (G a multiple of 32), got {s:?}"
+            )),
         },
     }
 }
@@ -71,6 +75,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let bytes = writer.to_bytes()?;
     tern_format::write_atomic(&args.output, &bytes).with_context(|| format!("writing {}", args.output.display()))?;
     let view = tern_format::ModelView::parse(&tern_format::AlignedBytes::from_slice(&bytes))?.tensor_count();
-    eprintln!("wrote {} ({} bytes, {} tensors)", args.output.display(), bytes.len(), view);
+    eprintln!(
+        "wrote {} ({} bytes, {} tensors)",
+        args.output.display(),
+        bytes.len(),
+        view
+    );
     Ok(())
 }
