@@ -29,6 +29,23 @@ pub enum Role {
 }
 
 impl Role {
+    /// Roles of the tensors inside a block, in forward order (sub-norms only exist in BitNet b1.58).
+    pub const PER_LAYER: [Role; 11] = [
+        Role::AttnNorm,
+        Role::AttnQ,
+        Role::AttnK,
+        Role::AttnV,
+        Role::AttnOutput,
+        Role::AttnSubNorm,
+        Role::FfnNorm,
+        Role::FfnGate,
+        Role::FfnUp,
+        Role::FfnDown,
+        Role::FfnSubNorm,
+    ];
+    /// Roles of the tensors outside the blocks.
+    pub const GLOBAL: [Role; 3] = [Role::TokenEmbedding, Role::Output, Role::OutputNorm];
+
     pub fn from_code(code: u32) -> Option<Self> {
         use Role::*;
         Some(match code {

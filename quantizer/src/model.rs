@@ -72,20 +72,6 @@ pub fn gguf_tensor_name(role: Role, layer: Option<u32>) -> String {
 
 /// Role and layer of a GGUF tensor name, or `None` when the name is not one of the roles `tern_format` knows.
 pub fn parse_gguf_tensor_name(name: &str) -> Option<(Role, Option<u32>)> {
-    const GLOBAL: [Role; 3] = [Role::TokenEmbedding, Role::Output, Role::OutputNorm];
-    const PER_LAYER: [Role; 11] = [
-        Role::AttnNorm,
-        Role::AttnQ,
-        Role::AttnK,
-        Role::AttnV,
-        Role::AttnOutput,
-        Role::AttnSubNorm,
-        Role::FfnNorm,
-        Role::FfnGate,
-        Role::FfnUp,
-        Role::FfnDown,
-        Role::FfnSubNorm,
-    ];
     let stem = name.strip_suffix(".weight")?;
     if let Some(rest) = stem.strip_prefix("blk.") {
         let (layer, suffix) = rest.split_once('.')?;
@@ -95,10 +81,13 @@ pub fn parse_gguf_tensor_name(name: &str) -> Option<(Role, Option<u32>)> {
             return None;
         }
         let layer: u32 = layer.parse().ok()?;
-        let role = PER_LAYER.into_iter().find(|r| r.gguf_name() == suffix)?;
+        let role = Role::PER_LAYER.into_iter().find(|r| r.gguf_name() == suffix)?;
         return Some((role, Some(layer)));
     }
-    GLOBAL.into_iter().find(|r| r.gguf_name() == stem).map(|r| (r, None))
+    Role::GLOBAL
+        .into_iter()
+        .find(|r| r.gguf_name() == stem)
+        .map(|r| (r, None))
 }
 
 /// Shape the config implies for a tensor of `role`, or `None` for roles the architecture does not have.

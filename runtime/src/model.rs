@@ -14,19 +14,7 @@ use crate::kernels::Matrix;
 pub const MAX_LAYERS: usize = 256;
 
 /// Per-block roles, in slot order.
-const LAYER_ROLES: [Role; 11] = [
-    Role::AttnNorm,
-    Role::AttnQ,
-    Role::AttnK,
-    Role::AttnV,
-    Role::AttnOutput,
-    Role::AttnSubNorm,
-    Role::FfnNorm,
-    Role::FfnGate,
-    Role::FfnUp,
-    Role::FfnDown,
-    Role::FfnSubNorm,
-];
+const LAYER_ROLES: [Role; 11] = Role::PER_LAYER;
 const NO_SLOT: u16 = u16::MAX;
 
 /// The weights of one transformer block, as views into the file.
