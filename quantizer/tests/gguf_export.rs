@@ -146,24 +146,20 @@ fn expected_values(t: &TensorView<'_>) -> Vec<f32> {
     for r in 0..rows {
         let row = &t.data[r * rb..(r + 1) * rb];
         for i in 0..cols {
+            let scale_index = match t.scale {
+                ScaleKind::PerTensor => 0,
+                ScaleKind::PerRow => r,
+                ScaleKind::PerGroup(g) => r * cols.div_ceil(g as usize) + i / g as usize,
+                ScaleKind::None => usize::MAX,
+            };
             let (q, s) = match t.dtype {
                 ElementType::Ternary2 => (
                     ternary2_code(&bytemuck::cast_slice::<_, BlockTernary2>(row)[i / 64], i % 64) as f32 - 1.0,
-                    t.scales[match t.scale {
-                        ScaleKind::PerTensor => 0,
-                        ScaleKind::PerRow => r,
-                        ScaleKind::PerGroup(g) => r * cols.div_ceil(g as usize) + i / g as usize,
-                        ScaleKind::None => unreachable!(),
-                    }],
+                    t.scales[scale_index],
                 ),
                 ElementType::Ternary3 => (
                     ternary3_code(&bytemuck::cast_slice::<_, BlockTernary3>(row)[i / 64], i % 64) as f32 - 1.0,
-                    t.scales[match t.scale {
-                        ScaleKind::PerTensor => 0,
-                        ScaleKind::PerRow => r,
-                        ScaleKind::PerGroup(g) => r * cols.div_ceil(g as usize) + i / g as usize,
-                        ScaleKind::None => unreachable!(),
-                    }],
+                    t.scales[scale_index],
                 ),
                 ElementType::Int8 => (row[i] as i8 as f32, t.scales[r]),
                 ElementType::F32 => (f32::from_le_bytes(row[4 * i..4 * i + 4].try_into().unwrap()), 1.0),
