@@ -706,6 +706,7 @@ pub fn train<B: Backend<Elem = f32>>(
             }
             model.backward(backend, &params, &mut grads)?;
         }
+        model.finish_gradients(backend, &params, &mut grads)?;
         if debug.nan_gradient_at_step == Some(done) {
             if let Some(g) = grads.tensors.first_mut() {
                 let mut host_g = backend.download(g)?;
@@ -830,7 +831,7 @@ pub fn check_export_matches_engine<B: Backend<Elem = f32>>(
         }
         let input = backend.upload(w)?;
         let mut out = backend.alloc(w.len())?;
-        backend.fake_quantize_ternary(&mut out, &input)?;
+        backend.quantize_ternary_hard(&mut out, &input, w.len())?;
         let engine = backend.download(&out)?;
         let (codes, scales) = ternarize_absmean(w, spec.shape[0], spec.shape[1], ScaleGranularity::PerTensor);
         let ptq_scale = scales.first().copied().unwrap_or(f32::NAN);

@@ -9,10 +9,11 @@ mod engine_support;
 use engine_support::*;
 use tern_format::{RopeScaling, RopeStyle};
 use tern_quantizer::engine::layers::attention::{AttentionActivations, AttentionScratch, SelfAttention};
-use tern_quantizer::engine::layers::linear::{ternary_scale, Linear};
+use tern_quantizer::engine::layers::linear::Linear;
 use tern_quantizer::engine::layers::mlp::{GatedMlp, MlpActivations, MlpScratch};
 use tern_quantizer::engine::layers::rmsnorm::RmsNorm;
 use tern_quantizer::engine::layers::rope::{inverse_frequencies, rope_table};
+use tern_quantizer::engine::quant::hard::ternary_scale;
 use tern_quantizer::engine::{
     AttentionDims, Backend, CpuBackend, EngineError, GatedActivation, LossGrad, ParamId, QuantScratch, RopeDims,
     RopeDirection, SplitMix64, Weights, WriteMode, IGNORE_INDEX,
@@ -191,7 +192,7 @@ fn fake_quantizers_match_hand_computed_values() {
     // mean|W| = 1.025; W/s = [0.488, −1.463, 0.098, 1.951] → [0, −1, 0, 1] after round and clamp.
     let w = vec![0.5, -1.5, 0.1, 2.0];
     let mut q = vec![0.0; 4];
-    be.fake_quantize_ternary(&mut q, &w).unwrap();
+    be.quantize_ternary_hard(&mut q, &w, w.len()).unwrap();
     assert_eq!(q, vec![0.0, -1.025, 0.0, 1.025]);
     assert_eq!(ternary_scale(&w), 1.025);
     // absmax 1 → a = 127: [127, −63.5 → −64 (half to even), 31.75 → 32, 0].
@@ -201,7 +202,7 @@ fn fake_quantizers_match_hand_computed_values() {
     assert_eq!(xq, vec![1.0, -64.0 / 127.0, 32.0 / 127.0, 0.0]);
     // An all-zero tensor uses the 1e-5 floor instead of dividing by zero.
     let mut z = vec![1.0; 3];
-    be.fake_quantize_ternary(&mut z, &vec![0.0; 3]).unwrap();
+    be.quantize_ternary_hard(&mut z, &vec![0.0; 3], 3).unwrap();
     assert_eq!(z, vec![0.0; 3]);
 }
 
@@ -220,7 +221,7 @@ fn ste_linear_backward_is_the_straight_through_definition() {
     let w = randn(&mut rng, outf * inf, 0.4);
     let dy = randn(&mut rng, rows * outf, 1.0);
     let mut w_q = vec![0.0; w.len()];
-    be.fake_quantize_ternary(&mut w_q, &w).unwrap();
+    be.quantize_ternary_hard(&mut w_q, &w, w.len()).unwrap();
     let (w_ref, x_ref) = (ref_ternary(&w), ref_int8_rows(&x, inf));
     assert_close("ternary weights", &w_q, &w_ref, 1e-15);
     let s = ternary_scale(&w);

@@ -270,7 +270,8 @@ fn export_ternarizes_exactly_as_the_engine_trained() {
     let tie = check_export_matches_engine(&backend, &layout, &latent).unwrap();
     let engine_rounds_even = {
         let mut out = vec![0.0f32; latent[q].len()];
-        tern_quantizer::engine::Backend::fake_quantize_ternary(&backend, &mut out, &latent[q].clone()).unwrap();
+        tern_quantizer::engine::Backend::quantize_ternary_hard(&backend, &mut out, &latent[q].clone(), latent[q].len())
+            .unwrap();
         out[0] == 0.0
     };
     let ptq_rounds_away = {
@@ -382,7 +383,7 @@ fn smollm2_export_codes_versus_engine_fake_quantization() {
             tern_quantizer::ptq::ScaleGranularity::PerTensor,
         );
         let mut out = vec![0.0f32; w.len()];
-        tern_quantizer::engine::Backend::fake_quantize_ternary(&backend, &mut out, w).unwrap();
+        tern_quantizer::engine::Backend::quantize_ternary_hard(&backend, &mut out, w, w.len()).unwrap();
         let s = scales[0];
         for (i, (&e, &c)) in out.iter().zip(&codes).enumerate() {
             let ec = if e > 0.0 {

@@ -21,6 +21,7 @@
 use tern_format::RopeStyle;
 
 use super::error::EngineResult;
+use super::quant::SoftState;
 use super::scalar::Float;
 
 /// Target id that contributes neither loss nor gradient (padding, document boundaries).
@@ -154,10 +155,29 @@ pub trait Backend: Send + Sync {
     fn sum_squares(&self, buf: &Self::Buf) -> EngineResult<f64>;
     fn matmul(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, spec: GemmSpec) -> EngineResult<()>;
 
-    // ---- fake quantization (forward only: their backward is the straight-through identity) -----------------
-    /// BitNet b1.58 absmean ternary: `s = max(mean|w|, 1e-5)`, `out = clamp(round(w/s), -1, 1)·s`.
-    fn fake_quantize_ternary(&self, out: &mut Self::Buf, w: &Self::Buf) -> EngineResult<()>;
-    /// Per-row absmax int8: `s = 127 / max(max|x_row|, 1e-5)`, `out = clamp(round(x·s), -128, 127) / s`.
+    // ---- quantization (see [`super::quant`]) ------------------------------------------------------------
+    /// BitNet b1.58 absmean ternary per run of `group_len` weights: `a = max(mean|w|, 1e-5)`,
+    /// `out = clamp(round(w/a), -1, 1)·a`. Its backward is the straight-through identity.
+    fn quantize_ternary_hard(&self, out: &mut Self::Buf, w: &Self::Buf, group_len: usize) -> EngineResult<()>;
+    /// Hestia's soft ternary per run of `group_len` weights: `out = (1 − λ)·w + λ·a·σ_T(w/a)`.
+    fn quantize_ternary_soft(
+        &self,
+        out: &mut Self::Buf,
+        w: &Self::Buf,
+        group_len: usize,
+        state: SoftState,
+    ) -> EngineResult<()>;
+    /// In place: `grad` holds `∂L/∂Ŵ` of [`Backend::quantize_ternary_soft`] on entry, `∂L/∂w` on exit (through the
+    /// scale too).
+    fn quantize_ternary_soft_backward(
+        &self,
+        grad: &mut Self::Buf,
+        w: &Self::Buf,
+        group_len: usize,
+        state: SoftState,
+    ) -> EngineResult<()>;
+    /// Per-row absmax int8: `s = 127 / max(max|x_row|, 1e-5)`, `out = clamp(round(x·s), -128, 127) / s`
+    /// (straight-through in the backward).
     fn fake_quantize_int8_rows(&self, out: &mut Self::Buf, x: &Self::Buf, cols: usize) -> EngineResult<()>;
 
     // ---- layers ----------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ use super::backend::{
     AdamWParams, AttentionDims, Backend, GatedActivation, GemmSpec, LossGrad, RopeDims, RopeDirection, WriteMode,
 };
 use super::error::{ensure, EngineResult};
-use super::layers::{attention, cross_entropy, embedding, kl_div, linear, mlp, rmsnorm, rope};
+use super::layers::{attention, cross_entropy, embedding, kl_div, mlp, rmsnorm, rope};
+use super::quant::{self, SoftState};
 use super::scalar::Float;
 
 /// Below this many multiply-adds a GEMM runs on the calling thread: rayon's fork/join would cost more.
@@ -224,16 +225,42 @@ impl<T: Float> Backend for CpuBackend<T> {
         Ok(())
     }
 
-    fn fake_quantize_ternary(&self, out: &mut Vec<T>, w: &Vec<T>) -> EngineResult<()> {
-        same_len("fake_quantize_ternary", "out", out.len(), w.len())?;
-        linear::fake_quantize_ternary_cpu(out, w);
+    fn quantize_ternary_hard(&self, out: &mut Vec<T>, w: &Vec<T>, group_len: usize) -> EngineResult<()> {
+        check_groups("quantize_ternary_hard", out.len(), w.len(), group_len)?;
+        quant::hard::quantize_cpu(out, w, group_len);
+        Ok(())
+    }
+
+    fn quantize_ternary_soft(
+        &self,
+        out: &mut Vec<T>,
+        w: &Vec<T>,
+        group_len: usize,
+        state: SoftState,
+    ) -> EngineResult<()> {
+        check_groups("quantize_ternary_soft", out.len(), w.len(), group_len)?;
+        state.validate()?;
+        quant::soft::forward_cpu(out, w, group_len, state.temperature, state.pressure);
+        Ok(())
+    }
+
+    fn quantize_ternary_soft_backward(
+        &self,
+        grad: &mut Vec<T>,
+        w: &Vec<T>,
+        group_len: usize,
+        state: SoftState,
+    ) -> EngineResult<()> {
+        check_groups("quantize_ternary_soft_backward", grad.len(), w.len(), group_len)?;
+        state.validate()?;
+        quant::soft::backward_cpu(grad, w, group_len, state.temperature, state.pressure);
         Ok(())
     }
 
     fn fake_quantize_int8_rows(&self, out: &mut Vec<T>, x: &Vec<T>, cols: usize) -> EngineResult<()> {
         rows_of("fake_quantize_int8_rows", "x", x.len(), cols)?;
         same_len("fake_quantize_int8_rows", "out", out.len(), x.len())?;
-        linear::fake_quantize_int8_rows_cpu(out, x, cols);
+        quant::hard::quantize_int8_rows_cpu(out, x, cols);
         Ok(())
     }
 
@@ -456,6 +483,13 @@ impl<T: Float> Backend for CpuBackend<T> {
             });
         Ok(())
     }
+}
+
+fn check_groups(op: &'static str, out: usize, w: usize, group_len: usize) -> EngineResult<()> {
+    same_len(op, "out", out, w)?;
+    ensure(group_len > 0 && w % group_len == 0, op, || {
+        format!("{w} weights are not whole scale groups of {group_len}")
+    })
 }
 
 fn check_attention_dims(d: &AttentionDims) -> EngineResult<()> {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod layers;
 pub mod model;
 pub mod optim;
+pub mod quant;
 pub mod rng;
 pub mod scalar;
 
@@ -30,5 +31,6 @@ pub use model::{
     ParamSpec, Parameters, QuantConfig, Recompute, StepReport, Transformer,
 };
 pub use optim::{global_grad_norm, AdamW, AdamWConfig, DecayShape, LrSchedule, OptimStepReport};
+pub use quant::{ScaleGroups, SoftState, WeightQuantizer};
 pub use rng::SplitMix64;
 pub use scalar::Float;

@@ -36,6 +36,7 @@ use super::layers::rmsnorm::RmsNorm;
 use super::layers::rope::rope_table;
 use super::layers::{quant_scratch_elements, ParamId, QuantScratch, Weights};
 use super::optim::{AdamW, OptimStepReport};
+use super::quant::{ScaleGroups, SoftState, WeightQuantizer};
 use super::rng::SplitMix64;
 use super::scalar::Float;
 
@@ -255,32 +256,42 @@ impl<B: Backend> Parameters<B> {
 
 // ---- configuration ------------------------------------------------------------------------------------------
 
-/// Which fake quantizers the forward pass applies to the attention and MLP linear layers. Embeddings, norms and
-/// the head always stay full precision.
+/// Which quantizers the forward pass applies to the attention and MLP linear layers. Embeddings, norms and the
+/// head always stay full precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuantConfig {
-    /// Absmean ternary weights with a straight-through gradient to the latent weights.
-    pub ternary_weights: bool,
+    /// How linear weights are quantized (none, STE, Hestia's soft relaxation); see [`crate::engine::quant`].
+    pub weights: WeightQuantizer,
+    /// Which weights share an absmean scale.
+    pub scale_groups: ScaleGroups,
     /// Per-token absmax int8 activations (straight-through).
     pub int8_activations: bool,
 }
 
 impl QuantConfig {
-    /// No quantization: the teacher, PTQ references, gradient checks.
+    /// No quantization: the teacher, PTQ references, gradient checks, Hessian traces.
     pub const FULL_PRECISION: Self = Self {
-        ternary_weights: false,
+        weights: WeightQuantizer::None,
+        scale_groups: ScaleGroups::PerTensor,
         int8_activations: false,
     };
-    /// BitNet b1.58 W1.58/A8: what the runtime computes.
+    /// BitNet b1.58 W1.58/A8 with the straight-through estimator: what the runtime computes.
     pub const W158_A8: Self = Self {
-        ternary_weights: true,
+        weights: WeightQuantizer::Ste,
+        scale_groups: ScaleGroups::PerTensor,
         int8_activations: true,
     };
-    /// W1.58/A16, as Hestia trains.
+    /// W1.58/A16 (STE).
     pub const W158_A16: Self = Self {
-        ternary_weights: true,
+        weights: WeightQuantizer::Ste,
+        scale_groups: ScaleGroups::PerTensor,
         int8_activations: false,
     };
+
+    /// Whether linear weights are ternary (STE or soft).
+    pub fn ternary_weights(&self) -> bool {
+        self.weights != WeightQuantizer::None
+    }
 }
 
 /// Which layers drop their activations after the forward pass and recompute them during the backward pass.
@@ -319,6 +330,10 @@ impl EngineConfig {
             return Err(EngineError::Config(
                 "batch size and sequence length must be positive".into(),
             ));
+        }
+        let layout = ParamLayout::new(&self.model);
+        for spec in layout.specs.iter().filter(|s| s.kind == ParamKind::Linear) {
+            self.quant.scale_groups.group_len(spec.shape[0], spec.shape[1])?;
         }
         if let Recompute::Layers(flags) = &self.recompute {
             if flags.len() != self.model.n_layers as usize {
@@ -406,7 +421,7 @@ pub fn estimate_memory(cfg: &EngineConfig) -> EngineResult<MemoryEstimate> {
     let backward = n * v + n * c + plan.blocks.first().map_or(0, TransformerBlock::scratch_elements);
     Ok(MemoryEstimate {
         parameters: layout.numel(),
-        quantized_weights: if cfg.quant.ternary_weights {
+        quantized_weights: if cfg.quant.ternary_weights() {
             layout.linear_numel()
         } else {
             0
@@ -584,8 +599,12 @@ pub struct Transformer<B: Backend> {
     logits: B::Buf,
     ce_losses: B::Buf,
     kl_losses: B::Buf,
-    /// Fake-quantized copies of the linear weights (ternary QAT), indexed like the parameters.
+    /// Effective (quantized) copies of the linear weights under QAT, indexed like the parameters.
     quantized: Vec<Option<B::Buf>>,
+    /// Per parameter: the length of its scale groups (linear weights under QAT; 0 elsewhere).
+    group_lens: Vec<usize>,
+    /// Per parameter: the soft quantizer's state (used only with [`WeightQuantizer::Soft`]).
+    soft_states: Vec<SoftState>,
     quant_scratch: QuantScratch<B>,
     grad: Option<GradState<B>>,
     /// Tokens of the last training forward, consumed by `backward`.
@@ -610,11 +629,23 @@ impl<B: Backend> Transformer<B> {
         let slots = (0..plan.slots)
             .map(|_| BlockActivations::new(backend, &plan.blocks[0]))
             .collect::<EngineResult<_>>()?;
+        let group_lens = layout
+            .specs
+            .iter()
+            .map(|s| {
+                if config.quant.ternary_weights() && s.kind == ParamKind::Linear {
+                    config.quant.scale_groups.group_len(s.shape[0], s.shape[1])
+                } else {
+                    Ok(0)
+                }
+            })
+            .collect::<EngineResult<Vec<_>>>()?;
+        let soft_states = vec![SoftState::HARD; layout.len()];
         let quantized = layout
             .specs
             .iter()
             .map(|s| {
-                if config.quant.ternary_weights && s.kind == ParamKind::Linear {
+                if config.quant.ternary_weights() && s.kind == ParamKind::Linear {
                     backend.alloc(s.numel()).map(Some)
                 } else {
                     Ok(None)
@@ -636,6 +667,8 @@ impl<B: Backend> Transformer<B> {
             ce_losses: backend.alloc(n)?,
             kl_losses: backend.alloc(n)?,
             quantized,
+            group_lens,
+            soft_states,
             quant_scratch,
             grad: None,
             pending_tokens: None,
@@ -658,6 +691,85 @@ impl<B: Backend> Transformer<B> {
     /// The weights the last forward pass computed with (fake-quantized where QAT applies), for export and parity.
     pub fn effective_weight<'a>(&'a self, params: &'a Parameters<B>, id: ParamId) -> &'a B::Buf {
         Weights::<B>::new(&params.tensors, &self.quantized).effective(id)
+    }
+
+    /// The linear weights the model quantizes, in layout order (empty without QAT).
+    pub fn quantized_params(&self) -> Vec<ParamId> {
+        (0..self.layout.len())
+            .filter(|&i| self.quantized[i].is_some())
+            .map(ParamId)
+            .collect()
+    }
+
+    /// Length of the scale groups of a quantized weight (`None` for tensors that are not quantized).
+    pub fn group_len(&self, id: ParamId) -> Option<usize> {
+        self.quantized.get(id.0)?.as_ref().map(|_| self.group_lens[id.0])
+    }
+
+    /// The soft quantizer's state of every parameter (meaningful for quantized linear weights under
+    /// [`WeightQuantizer::Soft`]; [`SoftState::HARD`] elsewhere).
+    pub fn soft_states(&self) -> &[SoftState] {
+        &self.soft_states
+    }
+
+    /// Sets the soft quantizer's temperature and pressure of one weight, for the following passes.
+    pub fn set_soft_state(&mut self, id: ParamId, state: SoftState) -> EngineResult<()> {
+        state.validate()?;
+        if self.config.quant.weights != WeightQuantizer::Soft || self.group_len(id).is_none() {
+            return Err(EngineError::Config(format!(
+                "{} has no soft quantizer (quantizer {:?})",
+                self.layout.specs.get(id.0).map_or("?", |s| s.name.as_str()),
+                self.config.quant.weights
+            )));
+        }
+        self.soft_states[id.0] = state;
+        Ok(())
+    }
+
+    /// Sets every soft quantizer to `state` (e.g. [`SoftState::HARD`] to evaluate the model as it will be
+    /// exported). A no-op for other quantizers.
+    pub fn set_all_soft_states(&mut self, state: SoftState) -> EngineResult<()> {
+        state.validate()?;
+        for id in self.quantized_params() {
+            self.soft_states[id.0] = state;
+        }
+        Ok(())
+    }
+
+    /// Writes the effective weights `Ŵ` of every quantized linear layer from the latent ones.
+    fn quantize_weights(&mut self, backend: &B, params: &Parameters<B>) -> EngineResult<()> {
+        let kind = self.config.quant.weights;
+        for (i, (q, w)) in self.quantized.iter_mut().zip(&params.tensors).enumerate() {
+            if let Some(q) = q {
+                match kind {
+                    WeightQuantizer::None => {}
+                    WeightQuantizer::Ste => backend.quantize_ternary_hard(q, w, self.group_lens[i])?,
+                    WeightQuantizer::Soft => {
+                        backend.quantize_ternary_soft(q, w, self.group_lens[i], self.soft_states[i])?
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps the accumulated `∂L/∂Ŵ` of every quantized linear weight to `∂L/∂W` in place, through the weight
+    /// quantizer's backward. Call once after the last [`Transformer::backward`] of a step, before the optimizer
+    /// ([`Transformer::train_step`] does): the quantizer's Jacobian is the same for all micro-batches of a step,
+    /// so mapping the sum equals summing the mapped gradients. The identity for STE (and without QAT).
+    pub fn finish_gradients(&self, backend: &B, params: &Parameters<B>, grads: &mut Parameters<B>) -> EngineResult<()> {
+        if self.config.quant.weights != WeightQuantizer::Soft {
+            return Ok(());
+        }
+        for id in self.quantized_params() {
+            backend.quantize_ternary_soft_backward(
+                &mut grads.tensors[id.0],
+                &params.tensors[id.0],
+                self.group_lens[id.0],
+                self.soft_states[id.0],
+            )?;
+        }
+        Ok(())
     }
 
     /// Elements actually allocated, by the categories of [`estimate_memory`].
@@ -808,11 +920,7 @@ impl<B: Backend> Transformer<B> {
                 ),
             });
         }
-        for (q, w) in self.quantized.iter_mut().zip(&params.tensors) {
-            if let Some(q) = q {
-                backend.fake_quantize_ternary(q, w)?;
-            }
-        }
+        self.quantize_weights(backend, params)?;
         let Self {
             plan,
             rope_table,
@@ -919,7 +1027,8 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Backpropagates the last [`Transformer::forward_train`], *accumulating* into `grads` (zero them first,
-    /// or let [`Transformer::train_step`] do it).
+    /// or let [`Transformer::train_step`] do it). Quantized linear weights receive `∂L/∂Ŵ`: call
+    /// [`Transformer::finish_gradients`] once after the step's last backward.
     pub fn backward(&mut self, backend: &B, params: &Parameters<B>, grads: &mut Parameters<B>) -> EngineResult<()> {
         let tokens = self.pending_tokens.take().ok_or(EngineError::NoForwardState)?;
         if grads.tensors.len() != self.layout.len() {
@@ -1024,6 +1133,7 @@ impl<B: Backend> Transformer<B> {
             loss += report.loss * scale;
             self.backward(backend, params, grads)?;
         }
+        self.finish_gradients(backend, params, grads)?;
         let optimizer = optimizer.step(backend, params, grads)?;
         Ok(StepReport { loss, optimizer })
     }
