@@ -279,6 +279,19 @@ pub trait Backend: Send + Sync {
         temperature: f64,
     ) -> EngineResult<()>;
 
+    /// Per-row `loss = Σ_c (out − target)² / d` with `d = cols`, or `d = Σ_c target²` when `normalize`
+    /// (block-wise distillation); optional gradient w.r.t. `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn mse_loss(
+        &self,
+        losses: &mut Self::Buf,
+        grad: Option<LossGrad<'_, Self::Buf>>,
+        out: &Self::Buf,
+        target: &Self::Buf,
+        cols: usize,
+        normalize: bool,
+    ) -> EngineResult<()>;
+
     // ---- optimizer -------------------------------------------------------------------------------------------
     fn adamw_update(
         &self,

@@ -17,7 +17,7 @@ use super::backend::{
     AdamWParams, AttentionDims, Backend, GatedActivation, GemmSpec, LossGrad, RopeDims, RopeDirection, WriteMode,
 };
 use super::error::{ensure, EngineResult};
-use super::layers::{attention, cross_entropy, embedding, kl_div, mlp, rmsnorm, rope};
+use super::layers::{attention, cross_entropy, embedding, kl_div, mlp, mse, rmsnorm, rope};
 use super::quant::{self, SoftState};
 use super::scalar::Float;
 
@@ -448,6 +448,23 @@ impl<T: Float> Backend for CpuBackend<T> {
         })?;
         let grad = loss_grad("kl_divergence", grad, logits.len())?;
         kl_div::kl_divergence_cpu(losses, grad, logits, teacher_logits, vocab, temperature);
+        Ok(())
+    }
+
+    fn mse_loss(
+        &self,
+        losses: &mut Vec<T>,
+        grad: Option<LossGrad<'_, Vec<T>>>,
+        out: &Vec<T>,
+        target: &Vec<T>,
+        cols: usize,
+        normalize: bool,
+    ) -> EngineResult<()> {
+        let rows = rows_of("mse_loss", "out", out.len(), cols)?;
+        same_len("mse_loss", "target", target.len(), out.len())?;
+        same_len("mse_loss", "losses", losses.len(), rows)?;
+        let grad = loss_grad("mse_loss", grad, out.len())?;
+        mse::mse_cpu(losses, grad, out, target, cols, normalize);
         Ok(())
     }
 

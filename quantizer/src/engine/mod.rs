@@ -10,6 +10,7 @@
 //! Every backward is checked against central finite differences in f64 (`tests/engine_*.rs`).
 
 pub mod backend;
+pub mod block_model;
 pub mod cpu;
 pub mod error;
 pub mod layers;
@@ -23,12 +24,13 @@ pub use backend::{
     AdamWParams, AttentionDims, Backend, GatedActivation, GemmSpec, LossGrad, RopeDims, RopeDirection, WriteMode,
     IGNORE_INDEX,
 };
+pub use block_model::{BlockLayout, BlockLoss, BlockModel};
 pub use cpu::CpuBackend;
 pub use error::{EngineError, EngineResult, NonFiniteSource};
 pub use layers::{ParamId, QuantScratch, Weights};
 pub use model::{
-    estimate_memory, tiny_config, Batch, EngineConfig, LossReport, MemoryEstimate, Objective, ParamKind, ParamLayout,
-    ParamSpec, Parameters, QuantConfig, Recompute, StepReport, Transformer,
+    estimate_memory, tiny_config, Batch, EngineConfig, LayerParamIds, LossReport, MemoryEstimate, Objective, ParamKind,
+    ParamLayout, ParamSpec, Parameters, QuantConfig, Recompute, StepReport, Transformer,
 };
 pub use optim::{global_grad_norm, AdamW, AdamWConfig, DecayShape, LrSchedule, OptimStepReport};
 pub use quant::{ScaleGroups, SoftState, WeightQuantizer};

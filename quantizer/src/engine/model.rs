@@ -34,8 +34,9 @@ use super::layers::linear::{Linear, OutputHead};
 use super::layers::mlp::GatedMlp;
 use super::layers::rmsnorm::RmsNorm;
 use super::layers::rope::rope_table;
-use super::layers::{quant_scratch_elements, ParamId, QuantScratch, Weights};
+use super::layers::{quant_scratch_elements, ParamId, QuantScratch};
 use super::optim::{AdamW, OptimStepReport};
+use super::quant::state::QuantizedWeights;
 use super::quant::{ScaleGroups, SoftState, WeightQuantizer};
 use super::rng::SplitMix64;
 use super::scalar::Float;
@@ -448,51 +449,9 @@ impl Plan {
     fn new(cfg: &EngineConfig) -> Self {
         let layout = ParamLayout::new(&cfg.model);
         let m = &cfg.model;
-        let (c, dq, f) = (m.hidden_size as usize, m.q_dim(), m.ffn_size as usize);
-        let (dkv, eps, rows) = (m.kv_dim(), m.norm_eps as f64, cfg.tokens());
-        let act_q = cfg.quant.int8_activations;
-        let linear = |weight: ParamId, in_features: usize, out_features: usize| Linear {
-            weight,
-            in_features,
-            out_features,
-            quantize_activations: act_q,
-        };
+        let (c, eps) = (m.hidden_size as usize, m.norm_eps as f64);
         let norm = |weight: ParamId, dim: usize| RmsNorm { weight, dim, eps };
-        let rope = RopeDims {
-            seq_len: cfg.seq_len,
-            n_heads: m.n_heads as usize,
-            head_dim: m.head_dim as usize,
-            style: m.rope_style,
-        };
-        let activation = match m.arch {
-            Architecture::Llama => GatedActivation::Silu,
-            Architecture::BitNetB158 => GatedActivation::ReluSquared,
-        };
-        let blocks = layout
-            .layers
-            .iter()
-            .map(|ids| TransformerBlock {
-                attn_norm: norm(ids.attn_norm, c),
-                attention: SelfAttention {
-                    q: linear(ids.q, c, dq),
-                    k: linear(ids.k, c, dkv),
-                    v: linear(ids.v, c, dkv),
-                    o: linear(ids.o, dq, c),
-                    sub_norm: ids.attn_sub_norm.map(|id| norm(id, dq)),
-                    dims: cfg.attention_dims(),
-                    rope,
-                },
-                ffn_norm: norm(ids.ffn_norm, c),
-                mlp: GatedMlp {
-                    gate: linear(ids.gate, c, f),
-                    up: linear(ids.up, c, f),
-                    down: linear(ids.down, f, c),
-                    sub_norm: ids.ffn_sub_norm.map(|id| norm(id, f)),
-                    activation,
-                    rows,
-                },
-            })
-            .collect();
+        let blocks = layout.layers.iter().map(|ids| block_plan(cfg, ids)).collect();
         let n_layers = m.n_layers as usize;
         let mut slot_of_layer = Vec::with_capacity(n_layers);
         let mut kept = 0;
@@ -525,6 +484,52 @@ impl Plan {
             slot_of_layer,
             slots: kept + usize::from(any_recompute),
         }
+    }
+}
+
+/// The layer objects of one transformer block whose parameters have the ids `ids`.
+pub(crate) fn block_plan(cfg: &EngineConfig, ids: &LayerParamIds) -> TransformerBlock {
+    let m = &cfg.model;
+    let (c, dq, f) = (m.hidden_size as usize, m.q_dim(), m.ffn_size as usize);
+    let (dkv, eps, rows) = (m.kv_dim(), m.norm_eps as f64, cfg.tokens());
+    let act_q = cfg.quant.int8_activations;
+    let linear = |weight: ParamId, in_features: usize, out_features: usize| Linear {
+        weight,
+        in_features,
+        out_features,
+        quantize_activations: act_q,
+    };
+    let norm = |weight: ParamId, dim: usize| RmsNorm { weight, dim, eps };
+    let rope = RopeDims {
+        seq_len: cfg.seq_len,
+        n_heads: m.n_heads as usize,
+        head_dim: m.head_dim as usize,
+        style: m.rope_style,
+    };
+    let activation = match m.arch {
+        Architecture::Llama => GatedActivation::Silu,
+        Architecture::BitNetB158 => GatedActivation::ReluSquared,
+    };
+    TransformerBlock {
+        attn_norm: norm(ids.attn_norm, c),
+        attention: SelfAttention {
+            q: linear(ids.q, c, dq),
+            k: linear(ids.k, c, dkv),
+            v: linear(ids.v, c, dkv),
+            o: linear(ids.o, dq, c),
+            sub_norm: ids.attn_sub_norm.map(|id| norm(id, dq)),
+            dims: cfg.attention_dims(),
+            rope,
+        },
+        ffn_norm: norm(ids.ffn_norm, c),
+        mlp: GatedMlp {
+            gate: linear(ids.gate, c, f),
+            up: linear(ids.up, c, f),
+            down: linear(ids.down, f, c),
+            sub_norm: ids.ffn_sub_norm.map(|id| norm(id, f)),
+            activation,
+            rows,
+        },
     }
 }
 
@@ -599,12 +604,8 @@ pub struct Transformer<B: Backend> {
     logits: B::Buf,
     ce_losses: B::Buf,
     kl_losses: B::Buf,
-    /// Effective (quantized) copies of the linear weights under QAT, indexed like the parameters.
-    quantized: Vec<Option<B::Buf>>,
-    /// Per parameter: the length of its scale groups (linear weights under QAT; 0 elsewhere).
-    group_lens: Vec<usize>,
-    /// Per parameter: the soft quantizer's state (used only with [`WeightQuantizer::Soft`]).
-    soft_states: Vec<SoftState>,
+    /// The linear weights' quantizers and effective copies.
+    quantized: QuantizedWeights<B>,
     quant_scratch: QuantScratch<B>,
     grad: Option<GradState<B>>,
     /// Tokens of the last training forward, consumed by `backward`.
@@ -629,29 +630,7 @@ impl<B: Backend> Transformer<B> {
         let slots = (0..plan.slots)
             .map(|_| BlockActivations::new(backend, &plan.blocks[0]))
             .collect::<EngineResult<_>>()?;
-        let group_lens = layout
-            .specs
-            .iter()
-            .map(|s| {
-                if config.quant.ternary_weights() && s.kind == ParamKind::Linear {
-                    config.quant.scale_groups.group_len(s.shape[0], s.shape[1])
-                } else {
-                    Ok(0)
-                }
-            })
-            .collect::<EngineResult<Vec<_>>>()?;
-        let soft_states = vec![SoftState::HARD; layout.len()];
-        let quantized = layout
-            .specs
-            .iter()
-            .map(|s| {
-                if config.quant.ternary_weights() && s.kind == ParamKind::Linear {
-                    backend.alloc(s.numel()).map(Some)
-                } else {
-                    Ok(None)
-                }
-            })
-            .collect::<EngineResult<_>>()?;
+        let quantized = QuantizedWeights::new(backend, &layout.specs, &config.quant)?;
         let quant_scratch = if config.quant.int8_activations {
             QuantScratch::new(backend, n, &config.linear_input_widths())?
         } else {
@@ -667,8 +646,6 @@ impl<B: Backend> Transformer<B> {
             ce_losses: backend.alloc(n)?,
             kl_losses: backend.alloc(n)?,
             quantized,
-            group_lens,
-            soft_states,
             quant_scratch,
             grad: None,
             pending_tokens: None,
@@ -688,69 +665,42 @@ impl<B: Backend> Transformer<B> {
     pub fn logits(&self) -> &B::Buf {
         &self.logits
     }
+    /// The residual stream of the last forward pass: `l = 0` is the embedding output (layer 0's input), `l` the
+    /// input of layer `l`, `l = n_layers` the last layer's output. `None` beyond that.
+    pub fn residual_stream(&self, l: usize) -> Option<&B::Buf> {
+        self.residual.get(l)
+    }
+
     /// The weights the last forward pass computed with (fake-quantized where QAT applies), for export and parity.
     pub fn effective_weight<'a>(&'a self, params: &'a Parameters<B>, id: ParamId) -> &'a B::Buf {
-        Weights::<B>::new(&params.tensors, &self.quantized).effective(id)
+        self.quantized.weights(&params.tensors).effective(id)
     }
 
     /// The linear weights the model quantizes, in layout order (empty without QAT).
     pub fn quantized_params(&self) -> Vec<ParamId> {
-        (0..self.layout.len())
-            .filter(|&i| self.quantized[i].is_some())
-            .map(ParamId)
-            .collect()
+        self.quantized.quantized_params()
     }
 
     /// Length of the scale groups of a quantized weight (`None` for tensors that are not quantized).
     pub fn group_len(&self, id: ParamId) -> Option<usize> {
-        self.quantized.get(id.0)?.as_ref().map(|_| self.group_lens[id.0])
+        self.quantized.group_len(id)
     }
 
     /// The soft quantizer's state of every parameter (meaningful for quantized linear weights under
     /// [`WeightQuantizer::Soft`]; [`SoftState::HARD`] elsewhere).
     pub fn soft_states(&self) -> &[SoftState] {
-        &self.soft_states
+        self.quantized.soft_states()
     }
 
     /// Sets the soft quantizer's temperature and pressure of one weight, for the following passes.
     pub fn set_soft_state(&mut self, id: ParamId, state: SoftState) -> EngineResult<()> {
-        state.validate()?;
-        if self.config.quant.weights != WeightQuantizer::Soft || self.group_len(id).is_none() {
-            return Err(EngineError::Config(format!(
-                "{} has no soft quantizer (quantizer {:?})",
-                self.layout.specs.get(id.0).map_or("?", |s| s.name.as_str()),
-                self.config.quant.weights
-            )));
-        }
-        self.soft_states[id.0] = state;
-        Ok(())
+        self.quantized.set_soft_state(id, state)
     }
 
     /// Sets every soft quantizer to `state` (e.g. [`SoftState::HARD`] to evaluate the model as it will be
     /// exported). A no-op for other quantizers.
     pub fn set_all_soft_states(&mut self, state: SoftState) -> EngineResult<()> {
-        state.validate()?;
-        for id in self.quantized_params() {
-            self.soft_states[id.0] = state;
-        }
-        Ok(())
-    }
-
-    /// Writes the effective weights `Ŵ` of every quantized linear layer from the latent ones.
-    fn quantize_weights(&mut self, backend: &B, params: &Parameters<B>) -> EngineResult<()> {
-        let kind = self.config.quant.weights;
-        for (i, (q, w)) in self.quantized.iter_mut().zip(&params.tensors).enumerate() {
-            if let Some(q) = q {
-                match kind {
-                    WeightQuantizer::None => {}
-                    WeightQuantizer::Ste => backend.quantize_ternary_hard(q, w, self.group_lens[i])?,
-                    WeightQuantizer::Soft => {
-                        backend.quantize_ternary_soft(q, w, self.group_lens[i], self.soft_states[i])?
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.quantized.set_all_soft_states(state)
     }
 
     /// Maps the accumulated `∂L/∂Ŵ` of every quantized linear weight to `∂L/∂W` in place, through the weight
@@ -758,18 +708,7 @@ impl<B: Backend> Transformer<B> {
     /// ([`Transformer::train_step`] does): the quantizer's Jacobian is the same for all micro-batches of a step,
     /// so mapping the sum equals summing the mapped gradients. The identity for STE (and without QAT).
     pub fn finish_gradients(&self, backend: &B, params: &Parameters<B>, grads: &mut Parameters<B>) -> EngineResult<()> {
-        if self.config.quant.weights != WeightQuantizer::Soft {
-            return Ok(());
-        }
-        for id in self.quantized_params() {
-            backend.quantize_ternary_soft_backward(
-                &mut grads.tensors[id.0],
-                &params.tensors[id.0],
-                self.group_lens[id.0],
-                self.soft_states[id.0],
-            )?;
-        }
-        Ok(())
+        self.quantized.finish_gradients(backend, params, grads)
     }
 
     /// Elements actually allocated, by the categories of [`estimate_memory`].
@@ -824,7 +763,7 @@ impl<B: Backend> Transformer<B> {
         };
         MemoryEstimate {
             parameters: self.layout.numel(),
-            quantized_weights: self.quantized.iter().flatten().map(len).sum(),
+            quantized_weights: self.quantized.allocated_elements(backend),
             activations: self.residual.iter().map(len).sum::<usize>()
                 + self.slots.iter().map(slot_elems).sum::<usize>()
                 + len(&self.final_norm_out)
@@ -920,7 +859,7 @@ impl<B: Backend> Transformer<B> {
                 ),
             });
         }
-        self.quantize_weights(backend, params)?;
+        self.quantized.quantize(backend, params)?;
         let Self {
             plan,
             rope_table,
@@ -933,7 +872,7 @@ impl<B: Backend> Transformer<B> {
             logits,
             ..
         } = self;
-        let weights = Weights::new(&params.tensors, quantized);
+        let weights = quantized.weights(&params.tensors);
         plan.embedding.forward(backend, &weights, tokens, &mut residual[0])?;
         for (l, block) in plan.blocks.iter().enumerate() {
             let (done, rest) = residual.split_at_mut(l + 1);
@@ -1055,7 +994,7 @@ impl<B: Backend> Transformer<B> {
             ..
         } = self;
         let g = grad.as_mut().ok_or(EngineError::NoForwardState)?;
-        let weights = Weights::new(&params.tensors, quantized);
+        let weights = quantized.weights(&params.tensors);
         let grads = &mut grads.tensors;
         plan.head.backward(
             backend,

@@ -13,6 +13,7 @@ pub mod embedding;
 pub mod kl_div;
 pub mod linear;
 pub mod mlp;
+pub mod mse;
 pub mod rmsnorm;
 pub mod rope;
 

@@ -22,6 +22,7 @@
 pub mod hard;
 pub mod schedule;
 pub mod soft;
+pub mod state;
 
 use serde::{Deserialize, Serialize};
 
