@@ -2,26 +2,32 @@
 //! configuration, in one checksummed file written atomically (temp file + fsync + rename), so a crash or a
 //! SIGKILL at any moment leaves either the previous checkpoint or the new one, never a torn file.
 //!
-//! # File layout (version 1, little-endian)
+//! # File layout (version 2, little-endian)
 //!
 //! | bytes | content |
 //! |---|---|
 //! | 8 | magic `TERNCKPT` |
-//! | 4 | format version (`1`) |
+//! | 4 | format version (`2`; version 1 is still read) |
 //! | 4 | length `J` of the state JSON |
-//! | J | [`CheckpointState`] as JSON (step, data position, fingerprints, the run's config) |
+//! | J | [`CheckpointState`] as JSON (step, data position, fingerprints, the run's config, stage state) |
 //! | 4 | tensor count `N` |
-//! | per tensor | name length (u32), UTF-8 name, element count `n` (u64), `n` f32 weights, `n` f32 AdamW `m`, `n` f32 `v` |
+//! | per tensor | name length (u32), UTF-8 name, element count `n` (u64), flags (u8, bit 0: AdamW moments follow; version 2 only), `n` f32 weights, then if flagged `n` f32 AdamW `m` and `n` f32 `v` |
 //! | 4 | CRC-32 (IEEE) of every byte before it |
 //!
-//! Files are named `checkpoint-SSSSSSSS.tck` by step; the newest valid one is the resume point.
+//! Version 1 has no flags byte and always stores the moments. Version 2 lets a block-wise stage store all the
+//! model's weights but the moments of the block being trained only.
+//!
+//! Files are named `checkpoint-SSSSSSSS.tck` by step; the newest *valid* one is the resume point (a damaged
+//! newer file is skipped and reported, not fatal).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"TERNCKPT";
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = 2;
+/// Bit 0 of a version-2 tensor's flags: AdamW moments follow the weights.
+const HAS_MOMENTS: u8 = 1;
 const PREFIX: &str = "checkpoint-";
 const SUFFIX: &str = ".tck";
 
@@ -47,6 +53,10 @@ pub enum CheckpointError {
     LayoutMismatch { path: PathBuf, detail: String },
     #[error("no checkpoint to resume from in {dir}")]
     NoCheckpoint { dir: PathBuf },
+    #[error("no valid checkpoint in {dir}: {}", .skipped.join("; "))]
+    NoValidCheckpoint { dir: PathBuf, skipped: Vec<String> },
+    #[error("cannot write a checkpoint: {0}")]
+    Unwritable(String),
 }
 
 /// Everything besides the tensors that a bit-for-bit resume needs, plus what validates that the resumed run
@@ -67,17 +77,26 @@ pub struct CheckpointState {
     pub data_fingerprint: u64,
     /// Fingerprint of the source model the run started from.
     pub model_fingerprint: u64,
-    /// The run's [`crate::train::TrainConfig`].
+    /// The run's [`crate::train::TrainConfig`] (or the stage's own config).
     pub config: serde_json::Value,
+    /// Stage-specific state (e.g. the block a block-wise stage is in, the Hessian traces a Hestia run uses).
+    #[serde(default)]
+    pub extra: serde_json::Value,
 }
 
-/// One parameter tensor with its AdamW moments.
+/// One parameter tensor with its AdamW moments (`m` and `v` empty when the checkpoint does not store them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointTensor {
     pub name: String,
     pub weights: Vec<f32>,
     pub m: Vec<f32>,
     pub v: Vec<f32>,
+}
+
+impl CheckpointTensor {
+    pub fn has_moments(&self) -> bool {
+        !self.m.is_empty() || self.weights.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -139,31 +158,53 @@ impl<'a> Reader<'a> {
 }
 
 impl Checkpoint {
-    pub fn encode(&self) -> Vec<u8> {
-        // serde_json cannot fail on this state (string keys, finite or not-a-number floats are written as null).
-        let json = serde_json::to_vec(&self.state).unwrap_or_default();
+    pub fn encode(&self) -> Result<Vec<u8>, CheckpointError> {
+        let unwritable = |m: String| CheckpointError::Unwritable(m);
+        // serde_json writes non-finite floats as null, which would not read back: refuse them here.
+        if !self.state.elapsed_s.is_finite() {
+            return Err(unwritable(format!(
+                "elapsed time {} is not finite",
+                self.state.elapsed_s
+            )));
+        }
+        let json = serde_json::to_vec(&self.state).map_err(|e| unwritable(e.to_string()))?;
+        let u32_len =
+            |n: usize, what: &str| u32::try_from(n).map_err(|_| unwritable(format!("{what} {n} exceeds u32")));
         let tensor_bytes: usize = self
             .tensors
             .iter()
-            .map(|t| 12 + t.name.len() + 12 * t.weights.len())
+            .map(|t| 13 + t.name.len() + 12 * t.weights.len())
             .sum();
         let mut out = Vec::with_capacity(24 + json.len() + tensor_bytes);
         out.extend_from_slice(&CHECKPOINT_MAGIC);
         out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&u32_len(json.len(), "state length")?.to_le_bytes());
         out.extend_from_slice(&json);
-        out.extend_from_slice(&(self.tensors.len() as u32).to_le_bytes());
+        out.extend_from_slice(&u32_len(self.tensors.len(), "tensor count")?.to_le_bytes());
         for t in &self.tensors {
-            out.extend_from_slice(&(t.name.len() as u32).to_le_bytes());
+            let moments = !t.m.is_empty();
+            if moments && (t.m.len() != t.weights.len() || t.v.len() != t.weights.len()) {
+                return Err(unwritable(format!(
+                    "tensor {}: {} weights but {} and {} moments",
+                    t.name,
+                    t.weights.len(),
+                    t.m.len(),
+                    t.v.len()
+                )));
+            }
+            out.extend_from_slice(&u32_len(t.name.len(), "tensor name length")?.to_le_bytes());
             out.extend_from_slice(t.name.as_bytes());
             out.extend_from_slice(&(t.weights.len() as u64).to_le_bytes());
+            out.push(if moments { HAS_MOMENTS } else { 0 });
             push_f32s(&mut out, &t.weights);
-            push_f32s(&mut out, &t.m);
-            push_f32s(&mut out, &t.v);
+            if moments {
+                push_f32s(&mut out, &t.m);
+                push_f32s(&mut out, &t.v);
+            }
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
-        out
+        Ok(out)
     }
 
     /// Parses and validates a checkpoint's bytes (`path` is for error messages).
@@ -179,7 +220,7 @@ impl Checkpoint {
         }
         let mut r = Reader { bytes, pos: 8, path };
         let version = r.u32("version")?;
-        if version != CHECKPOINT_VERSION {
+        if version != 1 && version != CHECKPOINT_VERSION {
             return Err(CheckpointError::UnsupportedVersion {
                 path: path.to_path_buf(),
                 version,
@@ -220,9 +261,20 @@ impl Checkpoint {
                 .to_string();
             let n = usize::try_from(r.u64("element count")?)
                 .map_err(|_| malformed(format!("tensor {name}: element count too large")))?;
+            let flags = if version >= 2 {
+                r.take(1, "tensor flags")?[0]
+            } else {
+                HAS_MOMENTS
+            };
+            if flags & !HAS_MOMENTS != 0 {
+                return Err(malformed(format!("tensor {name}: unknown flags {flags:#04x}")));
+            }
             let weights = r.f32s(n, &name)?;
-            let m = r.f32s(n, &name)?;
-            let v = r.f32s(n, &name)?;
+            let (m, v) = if flags & HAS_MOMENTS != 0 {
+                (r.f32s(n, &name)?, r.f32s(n, &name)?)
+            } else {
+                (Vec::new(), Vec::new())
+            };
             tensors.push(CheckpointTensor { name, weights, m, v });
         }
         if r.pos != body {
@@ -236,7 +288,7 @@ impl Checkpoint {
 
     /// Writes atomically (temp file in the same directory, fsync, rename).
     pub fn write(&self, path: &Path) -> Result<(), CheckpointError> {
-        tern_format::write_atomic(path, &self.encode()).map_err(|source| CheckpointError::Io {
+        tern_format::write_atomic(path, &self.encode()?).map_err(|source| CheckpointError::Io {
             path: path.to_path_buf(),
             context: "writing",
             source,
@@ -313,14 +365,36 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointErr
     Ok(found)
 }
 
-/// The newest checkpoint in `dir`, read and validated.
-pub fn latest_checkpoint(dir: &Path) -> Result<(PathBuf, Checkpoint), CheckpointError> {
+/// The newest checkpoint in `dir` that reads and validates, with the newer files that did not (path and
+/// reason) — a damaged newest file must not strand a run whose previous checkpoint is intact.
+pub struct LatestCheckpoint {
+    pub path: PathBuf,
+    pub checkpoint: Checkpoint,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+pub fn latest_checkpoint(dir: &Path) -> Result<LatestCheckpoint, CheckpointError> {
     let list = list_checkpoints(dir)?;
-    let (_, path) = list
-        .last()
-        .ok_or_else(|| CheckpointError::NoCheckpoint { dir: dir.to_path_buf() })?;
-    let ckpt = Checkpoint::read(path)?;
-    Ok((path.clone(), ckpt))
+    if list.is_empty() {
+        return Err(CheckpointError::NoCheckpoint { dir: dir.to_path_buf() });
+    }
+    let mut skipped = Vec::new();
+    for (_, path) in list.iter().rev() {
+        match Checkpoint::read(path) {
+            Ok(checkpoint) => {
+                return Ok(LatestCheckpoint {
+                    path: path.clone(),
+                    checkpoint,
+                    skipped,
+                })
+            }
+            Err(e) => skipped.push((path.clone(), e.to_string())),
+        }
+    }
+    Err(CheckpointError::NoValidCheckpoint {
+        dir: dir.to_path_buf(),
+        skipped: skipped.into_iter().map(|(_, e)| e).collect(),
+    })
 }
 
 /// Deletes all but the newest `keep` checkpoints (at least one is always kept), and temp files that a killed
@@ -368,6 +442,7 @@ mod tests {
                 data_fingerprint: u64::MAX - 1,
                 model_fingerprint: 99,
                 config: serde_json::json!({"lr": 1e-3}),
+                extra: serde_json::json!({"layer": 3}),
             },
             tensors: vec![
                 CheckpointTensor {
@@ -382,6 +457,12 @@ mod tests {
                     m: vec![0.5],
                     v: vec![0.25],
                 },
+                CheckpointTensor {
+                    name: "no moments".into(),
+                    weights: vec![3.0, 4.0],
+                    m: vec![],
+                    v: vec![],
+                },
             ],
         }
     }
@@ -389,15 +470,77 @@ mod tests {
     #[test]
     fn round_trip_is_exact() {
         let c = sample();
-        let bytes = c.encode();
+        let bytes = c.encode().unwrap();
         let back = Checkpoint::decode(&bytes, Path::new("x")).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.tensors[1].weights[0].to_bits(), (-0.0f32).to_bits());
     }
 
     #[test]
+    fn non_finite_state_and_inconsistent_moments_are_refused() {
+        let mut c = sample();
+        c.state.elapsed_s = f64::NAN;
+        assert!(matches!(c.encode(), Err(CheckpointError::Unwritable(_))));
+        let mut c = sample();
+        c.tensors[0].v.pop();
+        assert!(matches!(c.encode(), Err(CheckpointError::Unwritable(_))));
+    }
+
+    #[test]
+    fn version_1_files_still_read() {
+        // A version-1 file written by hand: no flags byte, moments always present.
+        let c = sample();
+        let json = serde_json::to_vec(&c.state).unwrap();
+        let mut out = Vec::new();
+        out.extend_from_slice(&CHECKPOINT_MAGIC);
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&json);
+        out.extend_from_slice(&1u32.to_le_bytes());
+        let t = &c.tensors[0];
+        out.extend_from_slice(&(t.name.len() as u32).to_le_bytes());
+        out.extend_from_slice(t.name.as_bytes());
+        out.extend_from_slice(&(t.weights.len() as u64).to_le_bytes());
+        for xs in [&t.weights, &t.m, &t.v] {
+            push_f32s(&mut out, xs);
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        let back = Checkpoint::decode(&out, Path::new("v1")).unwrap();
+        assert_eq!(back.tensors, vec![t.clone()]);
+    }
+
+    #[test]
+    fn resume_falls_back_to_the_newest_valid_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("tern-ckpt-fallback-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = sample();
+        c.write(&checkpoint_path(&dir, 7)).unwrap();
+        c.state.step = 9;
+        c.write(&checkpoint_path(&dir, 9)).unwrap();
+        // Damage the newest.
+        let newest = checkpoint_path(&dir, 9);
+        let mut bytes = std::fs::read(&newest).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&newest, bytes).unwrap();
+        let latest = latest_checkpoint(&dir).unwrap();
+        assert_eq!(latest.checkpoint.state.step, 7);
+        assert_eq!(latest.skipped.len(), 1);
+        assert_eq!(latest.skipped[0].0, newest);
+        // With both damaged: a typed error naming both problems.
+        std::fs::write(checkpoint_path(&dir, 7), b"TERNCKPT").unwrap();
+        assert!(matches!(
+            latest_checkpoint(&dir),
+            Err(CheckpointError::NoValidCheckpoint { skipped, .. }) if skipped.len() == 2
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn damage_is_detected_with_typed_errors() {
-        let bytes = sample().encode();
+        let bytes = sample().encode().unwrap();
         let p = Path::new("x");
         for i in (0..bytes.len()).step_by(7) {
             let mut bad = bytes.clone();
@@ -408,11 +551,11 @@ mod tests {
             Checkpoint::decode(&bytes[..bytes.len() - 3], p),
             Err(CheckpointError::ChecksumMismatch { .. })
         ));
-        let mut v2 = bytes.clone();
-        v2[8] = 2;
+        let mut v3 = bytes.clone();
+        v3[8] = 3;
         assert!(matches!(
-            Checkpoint::decode(&v2, p),
-            Err(CheckpointError::UnsupportedVersion { version: 2, .. })
+            Checkpoint::decode(&v3, p),
+            Err(CheckpointError::UnsupportedVersion { version: 3, .. })
         ));
         assert!(matches!(
             Checkpoint::decode(b"NOTACKPT", p),

@@ -572,7 +572,8 @@ pub fn train<B: Backend<Elem = f32>>(
     let mut last_checkpoint: Option<(u64, PathBuf)> = None;
     if resume {
         remove_stale_temp_files(run_dir);
-        let (path, ckpt) = latest_checkpoint(run_dir)?;
+        let latest = latest_checkpoint(run_dir)?;
+        let (path, ckpt) = (latest.path, latest.checkpoint);
         let differences = config.resume_differences(&ckpt.state.config);
         if !differences.is_empty() {
             return Err(TrainError::ResumeMismatch { path, differences });
@@ -759,6 +760,7 @@ pub fn train<B: Backend<Elem = f32>>(
                 data_fingerprint: data_fp,
                 model_fingerprint: model_fp,
                 config: config.to_json(),
+                extra: serde_json::Value::Null,
             };
             let path = write_checkpoint(
                 backend,

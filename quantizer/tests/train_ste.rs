@@ -146,8 +146,8 @@ fn resuming_from_a_middle_checkpoint_is_bit_identical() {
         "resumed weights differ from the uninterrupted run"
     );
     // The final checkpoints (weights and AdamW moments) agree too.
-    let (_, a) = latest_checkpoint(&full_dir).unwrap();
-    let (_, b) = latest_checkpoint(&part_dir).unwrap();
+    let a = latest_checkpoint(&full_dir).unwrap().checkpoint;
+    let b = latest_checkpoint(&part_dir).unwrap().checkpoint;
     assert_eq!(a.state.step, 10);
     assert_eq!(
         (a.state.draws, a.state.tokens_trained),
