@@ -2,7 +2,7 @@
 //! (`tern quantize --tiny-random`): every part of the real path runs, in milliseconds per step.
 
 use serde_json::{json, Map, Value};
-use tern_format::Architecture;
+use tern_format::{Architecture, ModelConfig};
 
 use crate::engine::{tiny_config, ParamKind, ParamLayout, SplitMix64};
 use crate::model::{
@@ -53,6 +53,12 @@ pub fn byte_tokenizer_json() -> Vec<u8> {
 pub fn tiny_random_model(seed: u64) -> SourceModel {
     let mut config = tiny_config(Architecture::Llama, 64, 2, 4, 2, 16, 128, TINY_VOCAB, true);
     config.eos_token = TINY_EOS;
+    random_source_model(config, seed, 0.02, 0.05)
+}
+
+/// A model of any shape with N(0, `matrix_std`²) linear weights, N(0, `embed_std`²) embeddings/head, unit norms
+/// and the byte tokenizer (the vocabulary must hold its 257 tokens for text to tokenize).
+pub fn random_source_model(config: ModelConfig, seed: u64, matrix_std: f64, embed_std: f64) -> SourceModel {
     let layout = ParamLayout::new(&config);
     let mut rng = SplitMix64::new(seed);
     let tensors = layout
@@ -61,8 +67,8 @@ pub fn tiny_random_model(seed: u64) -> SourceModel {
         .filter_map(|spec| {
             let (role, layer) = parse_gguf_tensor_name(&spec.name)?;
             let std = match spec.kind {
-                ParamKind::Embedding | ParamKind::Head => 0.05,
-                _ => 0.02,
+                ParamKind::Embedding | ParamKind::Head => embed_std,
+                _ => matrix_std,
             };
             let data: Vec<f32> = match spec.kind {
                 ParamKind::Norm => vec![1.0; spec.numel()],

@@ -153,6 +153,10 @@ pub trait Backend: Send + Sync {
     // ---- reductions and GEMM ----------------------------------------------------------------------------
     /// `Σ x²` accumulated in f64; NaN/Inf propagate, so this doubles as the non-finite check.
     fn sum_squares(&self, buf: &Self::Buf) -> EngineResult<f64>;
+    /// `Σ a·b` accumulated in f64 (deterministic).
+    fn dot(&self, a: &Self::Buf, b: &Self::Buf) -> EngineResult<f64>;
+    /// `y += alpha·x`.
+    fn axpy(&self, y: &mut Self::Buf, alpha: f64, x: &Self::Buf) -> EngineResult<()>;
     fn matmul(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, spec: GemmSpec) -> EngineResult<()>;
 
     // ---- quantization (see [`super::quant`]) ------------------------------------------------------------

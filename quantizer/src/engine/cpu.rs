@@ -187,6 +187,27 @@ impl<T: Float> Backend for CpuBackend<T> {
         Ok(partials.iter().sum())
     }
 
+    fn dot(&self, a: &Vec<T>, b: &Vec<T>) -> EngineResult<f64> {
+        same_len("dot", "b", b.len(), a.len())?;
+        let partials: Vec<f64> = a
+            .par_chunks(CHUNK)
+            .zip(b.par_chunks(CHUNK))
+            .map(|(a, b)| a.iter().zip(b).map(|(&x, &y)| x.to_f64() * y.to_f64()).sum::<f64>())
+            .collect();
+        Ok(partials.iter().sum())
+    }
+
+    fn axpy(&self, y: &mut Vec<T>, alpha: f64, x: &Vec<T>) -> EngineResult<()> {
+        same_len("axpy", "x", x.len(), y.len())?;
+        let a = T::from_f64(alpha);
+        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y += a * x;
+            }
+        });
+        Ok(())
+    }
+
     fn matmul(&self, out: &mut Vec<T>, a: &Vec<T>, b: &Vec<T>, spec: GemmSpec) -> EngineResult<()> {
         let GemmSpec {
             m,
