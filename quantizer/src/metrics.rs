@@ -45,6 +45,15 @@ pub struct MetricsRecord {
     /// Held-out perplexity of the full-precision model (step 0 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fp_eval_ppl: Option<f64>,
+    /// Hestia: the pressure λ this step used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure: Option<f64>,
+    /// Hestia: every soft-quantized tensor's temperature this step, in layout order (names in `hestia.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperatures: Option<Vec<f64>>,
+    /// Block-wise stage: the block this step trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +96,11 @@ impl MetricsWriter {
     }
 
     pub fn append(&mut self, record: &MetricsRecord) -> Result<(), MetricsError> {
-        let mut line = serde_json::to_string(record).unwrap_or_default();
+        let mut line = serde_json::to_string(record).map_err(|e| MetricsError::Parse {
+            path: self.path.clone(),
+            line: 0,
+            message: format!("serialising a record: {e}"),
+        })?;
         line.push('\n');
         self.file
             .write_all(line.as_bytes())

@@ -32,11 +32,12 @@ use crate::checkpoint::{
 use crate::data::{check_vocab, held_out_batches, train_batch, DataError, DataOrder, Fnv64, HostBatch, PackedData};
 use crate::engine::{
     AdamW, AdamWConfig, Backend, Batch, DecayShape, EngineConfig, EngineError, LrSchedule, NonFiniteSource, Objective,
-    ParamKind, ParamLayout, Parameters, QuantConfig, Recompute, Transformer,
+    ParamKind, ParamLayout, Parameters, QuantConfig, Recompute, ScaleGroups, SoftState, Transformer, WeightQuantizer,
 };
 use crate::metrics::{read_metrics, truncate_after, MetricsError, MetricsRecord, MetricsWriter, METRICS_FILE};
 use crate::model::SourceModel;
 use crate::ptq::{ternarize_absmean, ConvertError, ScaleGranularity};
+use crate::qat::hestia::{HestiaOptions, TemperatureControl};
 
 /// Learning-rate schedule after the linear warmup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +72,15 @@ pub struct TrainConfig {
     pub max_grad_norm: Option<f64>,
     /// int8 per-token activations in the forward (W1.58/A8, what the runtime computes); off: W1.58/A16.
     pub act_quant: bool,
+    /// The weight quantizer: `ste` (BitNet b1.58) or `soft` (Hestia; needs [`TrainConfig::hestia`]).
+    #[serde(default = "default_quantizer")]
+    pub quantizer: WeightQuantizer,
+    /// Which weights share an absmean scale (the export uses the same granularity).
+    #[serde(default = "default_scale_groups")]
+    pub scale_groups: ScaleGroups,
+    /// Hestia's schedule and Hessian-scale settings (soft quantizer only).
+    #[serde(default)]
+    pub hestia: Option<HestiaOptions>,
     pub ce_weight: f64,
     /// Weight of the KL divergence to the full-precision teacher (0: no teacher).
     pub kl_weight: f64,
@@ -102,6 +112,14 @@ const RESUME_FREE_FIELDS: [&str; 6] = [
     "recompute",
 ];
 
+fn default_quantizer() -> WeightQuantizer {
+    WeightQuantizer::Ste
+}
+
+fn default_scale_groups() -> ScaleGroups {
+    ScaleGroups::PerTensor
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
@@ -120,6 +138,9 @@ impl Default for TrainConfig {
             eps: 1e-8,
             max_grad_norm: Some(1.0),
             act_quant: true,
+            quantizer: WeightQuantizer::Ste,
+            scale_groups: ScaleGroups::PerTensor,
+            hestia: None,
             ce_weight: 1.0,
             kl_weight: 0.0,
             temperature: 1.0,
@@ -171,6 +192,12 @@ impl TrainConfig {
                 self.temperature
             ));
         }
+        match (self.quantizer, &self.hestia) {
+            (WeightQuantizer::Soft, None) => return bad("the soft (Hestia) quantizer needs Hestia options".into()),
+            (WeightQuantizer::Soft, Some(h)) => h.validate().map_err(TrainError::Config)?,
+            (WeightQuantizer::None, _) => return bad("training needs a weight quantizer (STE or soft)".into()),
+            _ => {}
+        }
         self.adamw().validate()?;
         Ok(())
     }
@@ -214,10 +241,10 @@ impl TrainConfig {
     }
 
     pub fn quant(&self) -> QuantConfig {
-        if self.act_quant {
-            QuantConfig::W158_A8
-        } else {
-            QuantConfig::W158_A16
+        QuantConfig {
+            weights: self.quantizer,
+            scale_groups: self.scale_groups,
+            int8_activations: self.act_quant,
         }
     }
 
@@ -448,6 +475,8 @@ pub enum TrainEvent<'a> {
         step: u64,
         path: &'a Path,
     },
+    /// Hestia: the soft-vs-hard gap after the last step.
+    SoftHardGap(&'a SoftHardGap),
 }
 
 pub struct TrainOutcome {
@@ -462,6 +491,8 @@ pub struct TrainOutcome {
     pub tokens_per_s: Option<f64>,
     pub resumed_from: Option<PathBuf>,
     pub last_checkpoint: Option<PathBuf>,
+    /// Hestia runs: soft vs hard forward after the last step.
+    pub soft_hard_gap: Option<SoftHardGap>,
 }
 
 struct Teacher<B: Backend> {
@@ -518,7 +549,34 @@ fn write_checkpoint<B: Backend<Elem = f32>>(
     Ok(path)
 }
 
-/// Trains `src` on `data` with STE QAT, writing checkpoints and `metrics.jsonl` into `run_dir`.
+/// Where an end-to-end stage starts besides the source model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StageStart<'a> {
+    /// Latent weights (layout order) to start from instead of the source model's: an earlier stage's output.
+    /// The teacher (distillation, the full-precision reference) is always the source model.
+    pub init: Option<&'a [Vec<f32>]>,
+    /// Hestia: the temperature scale of each tensor by name (missing names: 1). Stored in the checkpoints, so
+    /// a resumed run uses the scales it started with.
+    pub temperature_scales: Option<&'a [(String, f64)]>,
+}
+
+/// The gap between the soft and the hard (exported) forward at the end of a Hestia run, on the first held-out
+/// batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SoftHardGap {
+    pub soft_loss: f64,
+    pub hard_loss: f64,
+    pub max_abs_logit_diff: f64,
+}
+
+impl SoftHardGap {
+    /// A gap this large means the anneal did not harden the weights: the exported model is not the one trained.
+    pub fn is_large(&self) -> bool {
+        (self.hard_loss - self.soft_loss).abs() > 0.05 || self.max_abs_logit_diff > 1.0
+    }
+}
+
+/// Trains `src` on `data` with QAT (STE), writing checkpoints and `metrics.jsonl` into `run_dir`.
 #[allow(clippy::too_many_arguments)]
 pub fn train<B: Backend<Elem = f32>>(
     backend: &B,
@@ -527,6 +585,32 @@ pub fn train<B: Backend<Elem = f32>>(
     config: &TrainConfig,
     run_dir: &Path,
     resume: bool,
+    debug: &DebugOptions,
+    observer: &mut dyn FnMut(TrainEvent<'_>),
+) -> Result<TrainOutcome, TrainError> {
+    train_from(
+        backend,
+        src,
+        data,
+        config,
+        run_dir,
+        resume,
+        &StageStart::default(),
+        debug,
+        observer,
+    )
+}
+
+/// [`train`] with the quantizer of `config` (STE or Hestia's soft relaxation) from a given start.
+#[allow(clippy::too_many_arguments)]
+pub fn train_from<B: Backend<Elem = f32>>(
+    backend: &B,
+    src: &SourceModel,
+    data: &PackedData,
+    config: &TrainConfig,
+    run_dir: &Path,
+    resume: bool,
+    start: &StageStart<'_>,
     debug: &DebugOptions,
     observer: &mut dyn FnMut(TrainEvent<'_>),
 ) -> Result<TrainOutcome, TrainError> {
@@ -568,6 +652,7 @@ pub fn train<B: Backend<Elem = f32>>(
     // ---- start or resume ----
     let mut params;
     let (start_step, mut draws, mut tokens_trained, elapsed_before);
+    let mut stored_scales: Option<Vec<(String, f64)>> = None;
     let mut resumed_from = None;
     let mut last_checkpoint: Option<(u64, PathBuf)> = None;
     if resume {
@@ -593,6 +678,10 @@ pub fn train<B: Backend<Elem = f32>>(
         let expected: Vec<(String, usize)> = layout.specs.iter().map(|s| (s.name.clone(), s.numel())).collect();
         ckpt.check_layout(&expected, &path)?;
         let Checkpoint { state, tensors } = ckpt;
+        stored_scales = state
+            .extra
+            .get("temperature_scales")
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
         let (mut w, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new());
         for t in tensors {
             w.push(t.weights);
@@ -619,9 +708,41 @@ pub fn train<B: Backend<Elem = f32>>(
                 dir: run_dir.to_path_buf(),
             });
         }
-        params = Parameters::from_host(backend, &layout, &source_host)?;
+        params = match start.init {
+            Some(init) => Parameters::from_host(backend, &layout, init)?,
+            None => Parameters::from_host(backend, &layout, &source_host)?,
+        };
         (start_step, draws, tokens_trained, elapsed_before) = (0, 0, 0, 0.0);
     }
+    // ---- Hestia: per-tensor temperature scales and the schedule ----
+    let scales_by_name: Vec<(String, f64)> = match (&stored_scales, start.temperature_scales) {
+        (Some(s), _) => s.clone(),
+        (None, Some(s)) => s.to_vec(),
+        (None, None) => Vec::new(),
+    };
+    let control = match (config.quantizer, &config.hestia) {
+        (WeightQuantizer::Soft, Some(h)) => {
+            let scales = model
+                .quantized_params()
+                .into_iter()
+                .map(|id| {
+                    let name = &layout.spec(id).name;
+                    let c = scales_by_name.iter().find(|(n, _)| n == name).map_or(1.0, |(_, c)| *c);
+                    (id, c)
+                })
+                .collect();
+            let control = TemperatureControl::new(h, config.steps, scales)?;
+            write_hestia_info(run_dir, &layout, &control)?;
+            Some(control)
+        }
+        _ => None,
+    };
+    let checkpoint_extra = if control.is_some() {
+        serde_json::json!({ "temperature_scales": scales_by_name })
+    } else {
+        serde_json::Value::Null
+    };
+    let temperature_log_every = (config.steps / 400).max(1);
     let mut metrics = MetricsWriter::open_append(&metrics_path)?;
     let eval_batches = held_out_batches(data, config.batch_size, config.eval_windows);
     let distill = config.kl_weight != 0.0;
@@ -651,6 +772,7 @@ pub fn train<B: Backend<Elem = f32>>(
     let session_start = Instant::now();
     let mut initial_eval = None;
     if fresh {
+        model.set_all_soft_states(SoftState::HARD)?;
         let q = evaluate(backend, &mut model, &params, &eval_batches)?;
         let fp = match (&mut teacher, config.eval_full_precision) {
             (Some(t), true) => Some(evaluate(backend, &mut t.model, &t.params, &eval_batches)?),
@@ -677,10 +799,14 @@ pub fn train<B: Backend<Elem = f32>>(
     let objective = config.objective();
     let micro_scale = 1.0 / config.grad_accum as f64;
     let mut final_eval = None;
+    let mut soft_hard = None;
     let (mut session_tokens, mut session_train_s) = (0u64, 0.0f64);
     for step in start_step..config.steps {
         let done = step + 1;
         let t0 = Instant::now();
+        if let Some(c) = &control {
+            c.apply(step, |id, state| model.set_soft_state(id, state))?;
+        }
         grads.zero(backend)?;
         let (mut loss, mut ce, mut kl) = (0.0, None::<f64>, None::<f64>);
         for _ in 0..config.grad_accum {
@@ -737,8 +863,23 @@ pub fn train<B: Backend<Elem = f32>>(
             elapsed_s: None,
             ..Default::default()
         };
+        if let Some(c) = &control {
+            record.pressure = Some(c.schedule.pressure(step));
+            if step % temperature_log_every == 0 || done == config.steps {
+                record.temperatures = Some(c.states(step).map(|(_, s)| s.temperature).collect());
+            }
+        }
         let last = done == config.steps;
+        if last && control.is_some() {
+            let gap = soft_hard_gap(backend, &mut model, &params, &eval_batches)?;
+            if let Some(g) = &gap {
+                observer(TrainEvent::SoftHardGap(g));
+            }
+            soft_hard = gap;
+        }
         if last || (config.eval_every > 0 && done % config.eval_every == 0) {
+            // Evaluate what will be exported: the hard quantizer (the next step sets the soft states again).
+            model.set_all_soft_states(SoftState::HARD)?;
             let e = evaluate(backend, &mut model, &params, &eval_batches)?;
             record.eval_loss = Some(e.loss);
             record.eval_ppl = Some(e.ppl);
@@ -760,7 +901,7 @@ pub fn train<B: Backend<Elem = f32>>(
                 data_fingerprint: data_fp,
                 model_fingerprint: model_fp,
                 config: config.to_json(),
-                extra: serde_json::Value::Null,
+                extra: checkpoint_extra.clone(),
             };
             let path = write_checkpoint(
                 backend,
@@ -783,7 +924,10 @@ pub fn train<B: Backend<Elem = f32>>(
     }
     let final_eval = match final_eval {
         Some(e) => e,
-        None => evaluate(backend, &mut model, &params, &eval_batches)?,
+        None => {
+            model.set_all_soft_states(SoftState::HARD)?;
+            evaluate(backend, &mut model, &params, &eval_batches)?
+        }
     };
     let latent = params.to_host(backend)?;
     Ok(TrainOutcome {
@@ -795,7 +939,65 @@ pub fn train<B: Backend<Elem = f32>>(
         tokens_per_s: (session_train_s > 0.0).then(|| session_tokens as f64 / session_train_s),
         resumed_from,
         last_checkpoint: last_checkpoint.map(|(_, p)| p),
+        soft_hard_gap: soft_hard,
     })
+}
+
+/// `RUN_DIR/hestia.json`: `T0`, the schedule, and each soft-quantized tensor's name and temperature scale, in the
+/// order of the `temperatures` arrays of metrics.jsonl.
+fn write_hestia_info(run_dir: &Path, layout: &ParamLayout, control: &TemperatureControl) -> Result<(), TrainError> {
+    let tensors: Vec<serde_json::Value> = control
+        .scales
+        .iter()
+        .map(|(id, c)| serde_json::json!({ "name": layout.spec(*id).name, "scale": c }))
+        .collect();
+    let info = serde_json::json!({
+        "base_temperature": control.schedule.base_temperature,
+        "schedule": control.schedule,
+        "tensors": tensors,
+    });
+    let path = run_dir.join("hestia.json");
+    tern_format::write_atomic(&path, format!("{info:#}\n").as_bytes()).map_err(io_err(&path, "writing"))
+}
+
+/// Loss and logits of the first held-out batch with the current (soft) states and with the hard quantizer.
+fn soft_hard_gap<B: Backend<Elem = f32>>(
+    backend: &B,
+    model: &mut Transformer<B>,
+    params: &Parameters<B>,
+    batches: &[HostBatch],
+) -> Result<Option<SoftHardGap>, TrainError> {
+    let Some(b) = batches.first() else {
+        return Ok(None);
+    };
+    let batch = Batch {
+        tokens: &b.tokens,
+        targets: &b.targets,
+        teacher_logits: None,
+    };
+    let soft_loss = model
+        .forward_eval(backend, params, &batch, &Objective::cross_entropy())?
+        .loss;
+    let soft_logits = backend.download(model.logits())?;
+    let saved = model.soft_states().to_vec();
+    model.set_all_soft_states(SoftState::HARD)?;
+    let hard_loss = model
+        .forward_eval(backend, params, &batch, &Objective::cross_entropy())?
+        .loss;
+    let hard_logits = backend.download(model.logits())?;
+    for id in model.quantized_params() {
+        model.set_soft_state(id, saved[id.0])?;
+    }
+    let max_abs_logit_diff = soft_logits
+        .iter()
+        .zip(&hard_logits)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .fold(0.0, f64::max);
+    Ok(Some(SoftHardGap {
+        soft_loss,
+        hard_loss,
+        max_abs_logit_diff,
+    }))
 }
 
 /// The held-out perplexity before training recorded in a run's metrics (step 0), if any.

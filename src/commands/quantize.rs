@@ -380,6 +380,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             TrainEvent::Checkpoint { .. } => {}
+            TrainEvent::SoftHardGap(_) => {}
         },
     );
     bar.finish_and_clear();
