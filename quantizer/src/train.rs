@@ -290,6 +290,9 @@ pub struct DebugOptions {
     pub nan_gradient_at_step: Option<u64>,
     /// Sleeps after every step (lets a test kill the process mid-run).
     pub sleep_per_step: Option<Duration>,
+    /// Stops with [`TrainError::Interrupted`] after the first checkpoint at or beyond this (global) step, as a
+    /// kill would (tests of in-process resumption).
+    pub stop_after_step: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -330,6 +333,8 @@ pub enum TrainError {
     ResumeMismatch { path: PathBuf, differences: Vec<String> },
     #[error("cannot resume from {path}: it was trained on {what} than the one given now")]
     ResumeInputMismatch { path: PathBuf, what: &'static str },
+    #[error("stopped after the checkpoint of step {step} (debug option)")]
+    Interrupted { step: u64 },
     #[error("{dir} already holds a run (checkpoints or metrics.jsonl): pass --resume to continue it, or choose another directory")]
     RunDirInUse { dir: PathBuf },
 }

@@ -847,7 +847,30 @@ impl<B: Backend> Transformer<B> {
         Ok(report)
     }
 
+    /// Forward through the blocks only (no final norm, no head): the residual stream for
+    /// [`Transformer::residual_stream`], e.g. the block-wise stage's teacher activations.
+    pub fn forward_residual(&mut self, backend: &B, params: &Parameters<B>, tokens: &[u32]) -> EngineResult<()> {
+        self.pending_tokens = None;
+        self.run_blocks(backend, params, tokens)
+    }
+
     fn run_forward(&mut self, backend: &B, params: &Parameters<B>, tokens: &[u32]) -> EngineResult<()> {
+        self.run_blocks(backend, params, tokens)?;
+        let weights = self.quantized.weights(&params.tensors);
+        let last = self.residual.len() - 1;
+        self.plan.final_norm.forward(
+            backend,
+            &weights,
+            &self.residual[last],
+            &mut self.final_norm_out,
+            &mut self.final_rstd,
+        )?;
+        self.plan
+            .head
+            .forward(backend, &weights, &self.final_norm_out, &mut self.logits)
+    }
+
+    fn run_blocks(&mut self, backend: &B, params: &Parameters<B>, tokens: &[u32]) -> EngineResult<()> {
         self.check_batch(tokens)?;
         if params.tensors.len() != self.layout.len() {
             return Err(EngineError::Shape {
@@ -867,9 +890,6 @@ impl<B: Backend> Transformer<B> {
             slots,
             quantized,
             quant_scratch,
-            final_norm_out,
-            final_rstd,
-            logits,
             ..
         } = self;
         let weights = quantized.weights(&params.tensors);
@@ -887,10 +907,7 @@ impl<B: Backend> Transformer<B> {
                 quant_scratch,
             )?;
         }
-        let last = residual.len() - 1;
-        plan.final_norm
-            .forward(backend, &weights, &residual[last], final_norm_out, final_rstd)?;
-        plan.head.forward(backend, &weights, final_norm_out, logits)
+        Ok(())
     }
 
     fn compute_loss(
