@@ -22,8 +22,10 @@ enum Command {
     Convert(commands::convert::Args),
     /// Write a .tern model as GGUF (TQ2_0/TQ1_0/Q2_0) for llama.cpp.
     ExportGguf(commands::export_gguf::Args),
-    /// Ternarize a model by PTQ, or train it ternary (STE quantization-aware training) and export it.
+    /// Ternarize a model by PTQ, or train it ternary (STE or Hestia QAT; end to end or block-wise) and export it.
     Quantize(Box<commands::quantize::Args>),
+    /// Per-tensor Hessian traces of the full-precision model (table, CSV, heatmap SVG).
+    Hessian(commands::hessian::Args),
     /// Draw loss.svg and lr.svg from a training run's metrics.jsonl.
     Plot(commands::plot::Args),
     /// Generate text with a .tern model (streamed), or chat with it when no prompt is given.
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => commands::convert::run(a),
         Command::ExportGguf(a) => commands::export_gguf::run(a),
         Command::Quantize(a) => commands::quantize::run(*a),
+        Command::Hessian(a) => commands::hessian::run(a),
         Command::Plot(a) => commands::plot::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Perplexity(a) => commands::perplexity::run(a),

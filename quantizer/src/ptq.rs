@@ -39,7 +39,7 @@ pub enum HeadFormat {
     F16,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PtqOptions {
     pub scale: ScaleGranularity,
     pub layout: TernaryLayout,

@@ -1032,22 +1032,31 @@ pub fn check_export_matches_engine<B: Backend<Elem = f32>>(
     backend: &B,
     layout: &ParamLayout,
     latent: &[Vec<f32>],
+    groups: ScaleGroups,
 ) -> Result<ExportCheck, TrainError> {
     let mut check = ExportCheck::default();
     for (spec, w) in layout.specs.iter().zip(latent) {
         if spec.kind != ParamKind::Linear {
             continue;
         }
+        let group_len = groups.group_len(spec.shape[0], spec.shape[1])?;
         let input = backend.upload(w)?;
         let mut out = backend.alloc(w.len())?;
-        backend.quantize_ternary_hard(&mut out, &input, w.len())?;
+        backend.quantize_ternary_hard(&mut out, &input, group_len)?;
         let engine = backend.download(&out)?;
-        let (codes, scales) = ternarize_absmean(w, spec.shape[0], spec.shape[1], ScaleGranularity::PerTensor);
-        let ptq_scale = scales.first().copied().unwrap_or(f32::NAN);
-        // The engine computes `code · s`, so its scale is the magnitude of any nonzero output.
-        if let Some(e) = engine.iter().find(|x| **x != 0.0) {
-            if e.abs().to_bits() != ptq_scale.to_bits() {
-                check.scale_mismatches += 1;
+        let granularity = match groups {
+            ScaleGroups::PerTensor => ScaleGranularity::PerTensor,
+            ScaleGroups::PerRow => ScaleGranularity::PerRow,
+            ScaleGroups::Group(g) => ScaleGranularity::Group(g as u32),
+        };
+        let (codes, scales) = ternarize_absmean(w, spec.shape[0], spec.shape[1], granularity);
+        // The engine computes `code · s`, so a group's scale is the magnitude of any nonzero output in it.
+        for (g, engine_group) in engine.chunks(group_len).enumerate() {
+            let ptq_scale = scales.get(g).copied().unwrap_or(f32::NAN);
+            if let Some(e) = engine_group.iter().find(|x| **x != 0.0) {
+                if e.abs().to_bits() != ptq_scale.to_bits() {
+                    check.scale_mismatches += 1;
+                }
             }
         }
         check.code_mismatches += engine

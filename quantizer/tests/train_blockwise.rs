@@ -78,6 +78,7 @@ fn every_block_lowers_its_own_loss_in_both_input_modes() {
             &data,
             &cfg,
             None,
+            None,
             &dir,
             false,
             &DebugOptions::default(),
@@ -129,7 +130,7 @@ fn an_interrupted_block_resumes_bit_for_bit() {
         stop_after_step: Some(17),
         ..DebugOptions::default()
     };
-    let err = train_blockwise(&be, &src, &data, &cfg, None, &part_dir, false, &stop, &mut |_| {});
+    let err = train_blockwise(&be, &src, &data, &cfg, None, None, &part_dir, false, &stop, &mut |_| {});
     assert!(
         matches!(err, Err(TrainError::Interrupted { step: 17 })),
         "{:?}",

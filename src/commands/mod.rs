@@ -1,6 +1,7 @@
 //! One module per `tern` subcommand.
 pub mod convert;
 pub mod export_gguf;
+pub mod hessian;
 pub mod inspect;
 pub mod perplexity;
 pub mod plot;

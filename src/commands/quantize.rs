@@ -1,30 +1,45 @@
-//! `tern quantize INPUT -o OUT.tern --method ptq|ste ...`: ternarize a model by PTQ, or train it ternary with
-//! STE quantization-aware training on text (or on text the model generates itself) and export the result.
+//! `tern quantize INPUT -o OUT.tern --method ptq|ste|hestia [--recipe e2e|blockwise|blockwise+e2e] ...`: parses
+//! the arguments into a [`Recipe`] and runs it through the quantizer's pipeline, showing progress.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tern_format::TernaryLayout;
-use tern_quantizer::data::{document_separator, tokenize_files, PackedData, DEFAULT_HELD_OUT_FRACTION};
-use tern_quantizer::engine::CpuBackend;
+use tern_quantizer::data::DEFAULT_HELD_OUT_FRACTION;
+use tern_quantizer::engine::quant::schedule::{AnnealShape, TemperatureStyle};
+use tern_quantizer::engine::{CpuBackend, ScaleGroups};
+use tern_quantizer::hessian::{TraceConfig, TraceMethod};
 use tern_quantizer::ptq::{HeadFormat, PtqOptions, ScaleGranularity};
-use tern_quantizer::teacher::{generate_teacher_data, TeacherDataOptions};
-use tern_quantizer::train::{
-    check_export_matches_engine, initial_eval_from_metrics, train, trained_source_model, DebugOptions, ScheduleKind,
-    TrainConfig, TrainEvent,
-};
+use tern_quantizer::qat::blockwise::{BlockInputs, BlockwiseConfig, BlockwiseEvent};
+use tern_quantizer::qat::hestia::HestiaOptions;
+use tern_quantizer::qat::pipeline::{run_recipe, DataSpec, Method, PipelineEvent, Recipe, Stage, TraceSource};
+use tern_quantizer::teacher::TeacherDataOptions;
+use tern_quantizer::train::{DebugOptions, ScheduleKind, TrainConfig, TrainEvent};
 use tern_quantizer::SourceModel;
 
 use crate::commands::convert::{parse_head, parse_layout, parse_scale};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Method {
+pub enum MethodArg {
     /// Absmean post-training ternarization (what `tern convert` does).
     Ptq,
-    /// Straight-through-estimator quantization-aware training (BitNet b1.58), then absmean export.
+    /// Straight-through-estimator QAT (BitNet b1.58), then absmean export.
     Ste,
+    /// Hestia: Hessian-guided differentiable ternary QAT (soft relaxation, annealed to hard), then absmean export.
+    Hestia,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecipeArg {
+    /// The whole model end to end (cross-entropy and/or distillation from the teacher's logits).
+    E2e,
+    /// Each block alone against the full-precision block's output (MSE).
+    Blockwise,
+    /// Block-wise first, then end to end.
+    #[value(name = "blockwise+e2e")]
+    BlockwiseE2e,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -41,6 +56,34 @@ pub enum Schedule {
     Wsd,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputsArg {
+    /// The full-precision model's activations entering each block.
+    Fp,
+    /// The output of the already-trained, hard-quantized earlier blocks.
+    Quantized,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AnnealArg {
+    Cosine,
+    Linear,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TempStyleArg {
+    /// Hestia's reference code: the Hessian scale acts only while the pressure ramps.
+    Reference,
+    /// The Hessian scale acts through the whole anneal (default).
+    Hessian,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceMethodArg {
+    Hutchinson,
+    Hutchpp,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// A GGUF file or a Hugging Face model directory.
@@ -50,7 +93,9 @@ pub struct Args {
     #[arg(short, long)]
     pub output: PathBuf,
     #[arg(long, value_enum, default_value = "ste")]
-    pub method: Method,
+    pub method: MethodArg,
+    #[arg(long, value_enum, default_value = "e2e")]
+    pub recipe: RecipeArg,
     /// Training text files (UTF-8; documents separated by blank lines), or `teacher` for text the
     /// full-precision model generates itself (LLM-QAT). Repeat for several files.
     #[arg(long = "data", value_name = "FILE|teacher")]
@@ -61,10 +106,13 @@ pub struct Args {
     /// Fraction of the packed training data held out for evaluation.
     #[arg(long, default_value_t = DEFAULT_HELD_OUT_FRACTION)]
     pub held_out: f64,
-    #[arg(long, default_value_t = 200)]
-    pub steps: u64,
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
+
+    // ---- end-to-end stage ----
+    /// End-to-end optimizer steps.
+    #[arg(long, default_value_t = 200)]
+    pub steps: u64,
     /// Sequences per micro-batch.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
@@ -100,9 +148,69 @@ pub struct Args {
     /// With --distill: loss = (1 − W)·CE + W·KL.
     #[arg(long, value_name = "W", default_value_t = 1.0, requires = "distill")]
     pub distill_weight: f64,
+
+    // ---- block-wise stage ----
+    /// Block-wise: optimizer steps per block.
+    #[arg(long, default_value_t = 100)]
+    pub block_steps: u64,
+    /// Block-wise: sequences per step.
+    #[arg(long, default_value_t = 4)]
+    pub block_batch: usize,
+    /// Block-wise: training sequences whose teacher activations are stored (the pool each block draws from).
+    #[arg(long, default_value_t = 256)]
+    pub block_windows: usize,
+    /// Block-wise: held-out sequences for each block's evaluation.
+    #[arg(long, default_value_t = 8)]
+    pub block_eval_sequences: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub block_lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub block_min_lr: f64,
+    #[arg(long, default_value_t = 5)]
+    pub block_warmup: u64,
+    #[arg(long, value_enum, default_value = "quantized")]
+    pub block_inputs: InputsArg,
+    /// Block-wise: plain per-element MSE instead of the error relative to each token's target norm.
+    #[arg(long)]
+    pub block_plain_mse: bool,
+
+    // ---- Hestia ----
+    /// Hessian term strength (0: no traces, every temperature scale 1).
+    #[arg(long, default_value_t = 0.4)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub kappa: f64,
+    /// Fraction of the steps over which the pressure ramps (and the temperature is held).
+    #[arg(long, default_value_t = 0.2)]
+    pub rho: f64,
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub anneal: AnnealArg,
+    #[arg(long, value_enum, default_value = "hessian")]
+    pub temp_style: TempStyleArg,
+    /// Normalise traces by parameter count before the log (HAWQ-V2's average trace).
+    #[arg(long)]
+    pub per_parameter_traces: bool,
+    /// Use the traces of this CSV (`tern hessian`) instead of estimating them.
+    #[arg(long, value_name = "FILE.csv")]
+    pub traces: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "hutchinson")]
+    pub trace_method: TraceMethodArg,
+    /// Hutchinson probes per calibration batch.
+    #[arg(long, default_value_t = 40)]
+    pub probes: usize,
+    /// Hutch++ sketch and query vectors per batch.
+    #[arg(long, default_value_t = 10)]
+    pub sketch: usize,
+    #[arg(long, default_value_t = 20)]
+    pub queries: usize,
+    /// Calibration sequences (of --seq-len tokens) for the traces.
+    #[arg(long, default_value_t = 5)]
+    pub trace_batches: usize,
+
+    // ---- operation ----
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
-    /// Run directory: checkpoints, metrics.jsonl, plots, token caches (default: OUT with `.run` appended).
+    /// Run directory: checkpoints, metrics.jsonl, plots, caches (default: OUT with `.run` appended).
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 50)]
@@ -110,7 +218,7 @@ pub struct Args {
     /// Checkpoint files kept (newest).
     #[arg(long, default_value_t = 2)]
     pub keep_checkpoints: usize,
-    /// Continue the run in --checkpoint-dir from its newest checkpoint (bit-for-bit).
+    /// Continue the run in --checkpoint-dir (finished stages are skipped; the running one resumes bit for bit).
     #[arg(long)]
     pub resume: bool,
     /// Held-out evaluation every K steps (also at the start and the end).
@@ -125,7 +233,7 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Seed of the data order (and of teacher sampling).
+    /// Seed of the data order (and of teacher sampling and trace probes).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// --data teacher: tokens to generate (default: what the run consumes, plus the held-out share).
@@ -137,7 +245,7 @@ pub struct Args {
     /// --data teacher: samples generated together.
     #[arg(long, default_value_t = 8)]
     pub teacher_batch: usize,
-    /// Export: scale granularity (STE trains per-tensor scales, so it exports per-tensor).
+    /// Scale granularity of the ternary weights (trained and exported alike).
     #[arg(long, default_value = "per-tensor", value_parser = parse_scale)]
     pub scale: ScaleGranularity,
     #[arg(long, default_value = "2bit", value_parser = parse_layout)]
@@ -163,49 +271,35 @@ fn load_source(args: &Args) -> anyhow::Result<SourceModel> {
     tern_quantizer::load(input).with_context(|| format!("loading {}", input.display()))
 }
 
-fn write_model(src: &SourceModel, opts: &PtqOptions, output: &Path) -> anyhow::Result<usize> {
-    let bar = crate::progress::bar(src.tensors.len() as u64, "ternarizing");
-    let writer = tern_quantizer::ptq::ptq_model(src, opts, &mut |done, _, name| {
-        bar.set_position(done as u64);
-        bar.set_message(name.to_string());
-    })?;
-    bar.finish_and_clear();
-    let bytes = writer.to_bytes()?;
-    tern_format::write_atomic(output, &bytes).with_context(|| format!("writing {}", output.display()))?;
-    Ok(bytes.len())
+fn scale_groups(s: ScaleGranularity) -> ScaleGroups {
+    match s {
+        ScaleGranularity::PerTensor => ScaleGroups::PerTensor,
+        ScaleGranularity::PerRow => ScaleGroups::PerRow,
+        ScaleGranularity::Group(g) => ScaleGroups::Group(g as usize),
+    }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.device == Device::Cuda {
-        bail!("CUDA backend not built yet: use --device cpu");
-    }
-    if let Some(k) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(k)
-            .build_global()
-            .context("configuring the thread pool")?;
-    }
-    let opts = PtqOptions {
-        scale: args.scale,
-        layout: args.layout,
-        head: args.head,
+/// The recipe the arguments describe.
+pub fn recipe(args: &Args) -> anyhow::Result<Recipe> {
+    let method = match args.method {
+        MethodArg::Ptq => Method::Ptq,
+        MethodArg::Ste => Method::Ste,
+        MethodArg::Hestia => Method::Hestia,
     };
-    let src = load_source(&args)?;
-    if args.method == Method::Ptq {
-        let bytes = write_model(&src, &opts, &args.output)?;
-        eprintln!("wrote {} ({bytes} bytes, absmean PTQ)", args.output.display());
-        return Ok(());
-    }
-    if args.scale != ScaleGranularity::PerTensor {
-        bail!("--method ste trains per-tensor absmean scales (as BitNet b1.58), so it exports --scale per-tensor");
-    }
-    let run_dir = args.checkpoint_dir.clone().unwrap_or_else(|| {
-        let mut s = args.output.clone().into_os_string();
-        s.push(".run");
-        PathBuf::from(s)
-    });
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-
+    let hestia = HestiaOptions {
+        rho: args.rho,
+        anneal: match args.anneal {
+            AnnealArg::Cosine => AnnealShape::Cosine,
+            AnnealArg::Linear => AnnealShape::Linear,
+        },
+        style: match args.temp_style {
+            TempStyleArg::Reference => TemperatureStyle::Reference,
+            TempStyleArg::Hessian => TemperatureStyle::Hessian,
+        },
+        alpha: args.alpha,
+        kappa: args.kappa,
+        per_parameter: args.per_parameter_traces,
+    };
     let (ce_weight, kl_weight, temperature) = match args.distill {
         Some(t) => {
             if !(0.0..=1.0).contains(&args.distill_weight) {
@@ -215,7 +309,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         None => (1.0, 0.0, 1.0),
     };
-    let config = TrainConfig {
+    let groups = scale_groups(args.scale);
+    let quantizer = method.quantizer();
+    let hestia_opt = (method == Method::Hestia).then_some(hestia);
+    let e2e = TrainConfig {
         steps: args.steps,
         seq_len: args.seq_len,
         batch_size: args.batch,
@@ -234,6 +331,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         weight_decay: args.weight_decay,
         max_grad_norm: (args.clip > 0.0).then_some(args.clip),
         act_quant: !args.no_act_quant,
+        quantizer,
+        scale_groups: groups,
+        hestia: hestia_opt,
         ce_weight,
         kl_weight,
         temperature,
@@ -245,111 +345,294 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         keep_checkpoints: args.keep_checkpoints,
         ..TrainConfig::default()
     };
-    config.validate()?;
-    let backend = CpuBackend::<f32>::new();
-
-    // ---- data ----
-    if args.data.is_empty() {
-        bail!("--method ste needs training data: --data FILE (repeatable) or --data teacher");
+    let blockwise = BlockwiseConfig {
+        steps_per_block: args.block_steps,
+        batch_size: args.block_batch,
+        windows: args.block_windows,
+        eval_windows: args.block_eval_sequences,
+        lr: args.block_lr,
+        min_lr: args.block_min_lr,
+        warmup_steps: args.block_warmup.min(args.block_steps),
+        weight_decay: args.weight_decay,
+        max_grad_norm: (args.clip > 0.0).then_some(args.clip),
+        inputs: match args.block_inputs {
+            InputsArg::Fp => BlockInputs::FullPrecision,
+            InputsArg::Quantized => BlockInputs::Quantized,
+        },
+        normalize: !args.block_plain_mse,
+        act_quant: !args.no_act_quant,
+        quantizer,
+        scale_groups: groups,
+        hestia: hestia_opt,
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+        keep_checkpoints: args.keep_checkpoints,
+    };
+    let stages = match (method, args.recipe) {
+        (Method::Ptq, _) => Vec::new(),
+        (_, RecipeArg::E2e) => vec![Stage::EndToEnd(e2e)],
+        (_, RecipeArg::Blockwise) => vec![Stage::Blockwise(blockwise)],
+        (_, RecipeArg::BlockwiseE2e) => vec![Stage::Blockwise(blockwise), Stage::EndToEnd(e2e)],
+    };
+    let teacher = args.data.iter().any(|d| d == "teacher");
+    if teacher && args.data.len() > 1 {
+        bail!("--data teacher cannot be combined with text files");
     }
-    let eos = document_separator(&src.config);
-    let stream = if args.data.iter().any(|d| d == "teacher") {
-        if args.data.len() > 1 {
-            bail!("--data teacher cannot be combined with text files");
-        }
-        let consumed = config.steps as usize * config.windows_per_step() as usize * (config.seq_len + 1);
-        let tokens = args
-            .teacher_tokens
-            .unwrap_or((consumed as f64 / (1.0 - args.held_out.clamp(0.0, 0.9))).ceil() as usize);
-        let topts = TeacherDataOptions {
-            tokens,
-            sample_len: config.seq_len + 1,
-            batch: args.teacher_batch,
-            temperature: args.teacher_temperature,
+    if method != Method::Ptq && args.data.is_empty() {
+        bail!(
+            "--method {:?} needs training data: --data FILE (repeatable) or --data teacher",
+            args.method
+        );
+    }
+    let traces = match (&args.traces, args.alpha == 0.0) {
+        (_, true) => TraceSource::None,
+        (Some(p), false) => TraceSource::File(p.clone()),
+        (None, false) => TraceSource::Compute(TraceConfig {
+            method: match args.trace_method {
+                TraceMethodArg::Hutchinson => TraceMethod::Hutchinson { probes: args.probes },
+                TraceMethodArg::Hutchpp => TraceMethod::HutchPlusPlus {
+                    sketch: args.sketch,
+                    queries: args.queries,
+                },
+            },
+            batches: args.trace_batches,
+            seq_len: args.seq_len,
             seed: args.seed,
-            ..TeacherDataOptions::default()
-        };
-        let bar = crate::progress::bar(tokens as u64, "teacher data");
-        let stream = generate_teacher_data(&backend, &src, &topts, &run_dir.join("teacher-data"), &mut |d, _| {
-            bar.set_position(d as u64)
-        })?;
-        bar.finish_and_clear();
-        eprintln!(
-            "teacher data: {} tokens (cached in {})",
-            stream.len(),
-            run_dir.join("teacher-data").display()
-        );
-        stream
-    } else {
-        let files: Vec<PathBuf> = args.data.iter().map(PathBuf::from).collect();
-        let (stream, report) = tokenize_files(&src.tokenizer_json, eos, &files, Some(&run_dir.join("cache")))?;
-        eprintln!(
-            "training text: {} tokens from {} file(s){}",
-            report.tokens,
-            files.len(),
-            if report.from_cache { " (token cache)" } else { "" }
-        );
-        stream
+            ..TraceConfig::default()
+        }),
     };
-    let data = match &args.eval_data {
-        Some(path) => {
-            let (eval_stream, _) = tokenize_files(
-                &src.tokenizer_json,
-                eos,
-                std::slice::from_ref(path),
-                Some(&run_dir.join("cache")),
-            )?;
-            PackedData::from_streams(&stream, &eval_stream, config.seq_len)?
-        }
-        None => PackedData::split(&stream, config.seq_len, args.held_out)?,
-    };
-    eprintln!(
-        "{} training and {} held-out sequences of {} tokens ({} tokens dropped at the ends); {} tokens per step",
-        data.train_windows(),
-        data.held_out_windows(),
-        config.seq_len,
-        data.dropped_tokens(),
-        config.tokens_per_step()
-    );
+    Ok(Recipe {
+        method,
+        data: DataSpec {
+            files: if teacher {
+                Vec::new()
+            } else {
+                args.data.iter().map(PathBuf::from).collect()
+            },
+            teacher: teacher.then(|| TeacherDataOptions {
+                tokens: args.teacher_tokens.unwrap_or(0),
+                sample_len: args.seq_len + 1,
+                batch: args.teacher_batch,
+                temperature: args.teacher_temperature,
+                seed: args.seed,
+                ..TeacherDataOptions::default()
+            }),
+            eval_file: args.eval_data.clone(),
+            held_out: args.held_out,
+        },
+        seq_len: args.seq_len,
+        stages,
+        traces,
+        hestia,
+        export: PtqOptions {
+            scale: args.scale,
+            layout: args.layout,
+            head: args.head,
+        },
+        metadata: Vec::new(),
+    })
+}
 
-    // ---- train ----
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.device == Device::Cuda {
+        bail!("CUDA backend not built yet: use --device cpu");
+    }
+    if let Some(k) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(k)
+            .build_global()
+            .context("configuring the thread pool")?;
+    }
+    let recipe = recipe(&args)?;
+    let src = load_source(&args)?;
+    let run_dir = args.checkpoint_dir.clone().unwrap_or_else(|| {
+        let mut s = args.output.clone().into_os_string();
+        s.push(".run");
+        PathBuf::from(s)
+    });
+    let backend = CpuBackend::<f32>::new();
     let debug = DebugOptions {
         nan_gradient_at_step: args.debug_nan_at_step,
         sleep_per_step: args.debug_sleep_ms.map(Duration::from_millis),
+        stop_after_step: None,
     };
     let interactive = std::io::stderr().is_terminal();
-    let bar = crate::progress::bar(config.steps, "training");
-    let mut tokens_per_s_ema: Option<f64> = None;
-    let log = |line: String| {
-        if interactive {
-            bar.println(line);
-        } else {
-            eprintln!("{line}");
-        }
-    };
-    let log_every = (config.steps / 20).max(1);
-    let outcome = train(
+    let mut ui = Ui::new(interactive);
+    let outcome = run_recipe(
         &backend,
         &src,
-        &data,
-        &config,
+        &recipe,
+        &args.output,
         &run_dir,
         args.resume,
         &debug,
-        &mut |event| match event {
+        &mut |e| ui.event(e),
+    );
+    ui.finish();
+    let outcome = outcome?;
+    let check = outcome.export_check;
+    if check.code_mismatches > 0 || check.scale_mismatches > 0 {
+        eprintln!(
+            "warning: the export's ternarization differs from training's quantizer in {} of {} weights and {} \
+             scales",
+            check.code_mismatches, check.weights, check.scale_mismatches
+        );
+    }
+    if recipe.method != Method::Ptq {
+        for (i, stage) in recipe.stages.iter().enumerate() {
+            let dir = if recipe.stages.len() == 1 {
+                run_dir.clone()
+            } else {
+                run_dir.join(format!("stage-{}-{}", i + 1, stage.name()))
+            };
+            if let Err(e) = crate::commands::plot::plot_run(&dir) {
+                eprintln!("warning: plotting {}: {e:#}", dir.display());
+            }
+        }
+        if let Some(g) = outcome.soft_hard_gap {
+            eprintln!(
+                "soft vs hard forward after the last step: loss {:.4} vs {:.4}, max |Δlogit| {:.4}",
+                g.soft_loss, g.hard_loss, g.max_abs_logit_diff
+            );
+            if g.is_large() {
+                eprintln!(
+                    "WARNING: the soft and the hard (exported) model differ substantially: the anneal did not \
+                     harden the weights; train longer or lower --rho"
+                );
+            }
+        }
+        if let Some(f) = outcome.final_eval {
+            eprintln!(
+                "held-out perplexity: {} at the start → {:.2} at the end",
+                outcome.initial_eval.map_or("?".into(), |e| format!("{:.2}", e.ppl)),
+                f.ppl
+            );
+        }
+    }
+    eprintln!(
+        "wrote {} ({} bytes, {:?}); run directory {}",
+        args.output.display(),
+        outcome.output_bytes,
+        recipe.method,
+        run_dir.display()
+    );
+    Ok(())
+}
+
+/// Progress bars and log lines for the pipeline's events.
+struct Ui {
+    interactive: bool,
+    bar: Option<indicatif::ProgressBar>,
+    tokens_per_s_ema: Option<f64>,
+    total_steps: u64,
+}
+
+impl Ui {
+    fn new(interactive: bool) -> Self {
+        Self {
+            interactive,
+            bar: None,
+            tokens_per_s_ema: None,
+            total_steps: 0,
+        }
+    }
+
+    fn log(&self, line: String) {
+        match (&self.bar, self.interactive) {
+            (Some(b), true) => b.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+
+    fn new_bar(&mut self, len: u64, what: &str) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        self.bar = Some(crate::progress::bar(len, what));
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+
+    fn event(&mut self, e: PipelineEvent<'_>) {
+        match e {
+            PipelineEvent::Log(l) => self.log(l),
+            PipelineEvent::TeacherData { done, total } => {
+                if self.bar.is_none() {
+                    self.new_bar(total as u64, "teacher data");
+                }
+                if let Some(b) = &self.bar {
+                    b.set_position(done as u64);
+                }
+            }
+            PipelineEvent::Traces { done, total } => {
+                if done == 1 || self.bar.is_none() {
+                    self.new_bar(total as u64, "Hessian traces (HVPs)");
+                }
+                if let Some(b) = &self.bar {
+                    b.set_position(done as u64);
+                }
+            }
+            PipelineEvent::TracesReady(table, scales) => {
+                self.finish();
+                let mut rows: Vec<(&str, f64, f64)> = table
+                    .entries
+                    .iter()
+                    .zip(scales)
+                    .map(|(e, &c)| (e.name.as_str(), e.trace, c))
+                    .collect();
+                rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let show = |r: &(&str, f64, f64)| format!("{} {:.3e} (scale {:.3})", r.0, r.1, r.2);
+                self.log(format!(
+                    "Hessian traces of {} tensors; largest: {}; smallest: {}",
+                    rows.len(),
+                    rows.iter().take(3).map(show).collect::<Vec<_>>().join(", "),
+                    rows.iter().rev().take(3).map(show).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            PipelineEvent::StageStarted {
+                index,
+                count,
+                name,
+                dir,
+                skipped,
+            } => {
+                self.finish();
+                self.log(format!(
+                    "stage {}/{count}: {name} in {}{}",
+                    index + 1,
+                    dir.display(),
+                    if skipped { " (finished earlier, skipped)" } else { "" }
+                ));
+            }
+            PipelineEvent::Train(t) => self.train_event(t),
+            PipelineEvent::Blockwise(b) => self.block_event(b),
+        }
+    }
+
+    fn train_event(&mut self, e: TrainEvent<'_>) {
+        match e {
             TrainEvent::Started {
                 first_step,
+                total_steps,
                 resumed_from,
                 ..
             } => {
-                bar.set_position(first_step);
-                bar.reset_eta();
+                self.total_steps = total_steps;
+                self.new_bar(total_steps, "training");
+                if let Some(b) = &self.bar {
+                    b.set_position(first_step);
+                    b.reset_eta();
+                }
                 if let Some(p) = resumed_from {
-                    log(format!("resuming from {} (step {first_step})", p.display()));
+                    self.log(format!("resuming from {} (step {first_step})", p.display()));
                 }
             }
-            TrainEvent::InitialEval(r) => log(format!(
-                "step 0: held-out perplexity {:.2} ternarized (PTQ){}",
+            TrainEvent::InitialEval(r) => self.log(format!(
+                "step 0: held-out perplexity {:.2} ternarized{}",
                 r.eval_ppl.unwrap_or(f64::NAN),
                 r.fp_eval_ppl
                     .map(|p| format!(", {p:.2} full precision"))
@@ -357,100 +640,75 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )),
             TrainEvent::Step(r) => {
                 if let Some(t) = r.tokens_per_s {
-                    tokens_per_s_ema = Some(tokens_per_s_ema.map_or(t, |e| 0.9 * e + 0.1 * t));
+                    self.tokens_per_s_ema = Some(self.tokens_per_s_ema.map_or(t, |e| 0.9 * e + 0.1 * t));
                 }
-                bar.set_position(r.step);
-                bar.set_message(format!(
-                    "loss {:.4} | {:.0} tok/s",
-                    r.loss.unwrap_or(f64::NAN),
-                    tokens_per_s_ema.unwrap_or(0.0)
-                ));
+                if let Some(b) = &self.bar {
+                    b.set_position(r.step);
+                    b.set_message(format!(
+                        "loss {:.4} | {:.0} tok/s",
+                        r.loss.unwrap_or(f64::NAN),
+                        self.tokens_per_s_ema.unwrap_or(0.0)
+                    ));
+                }
+                let log_every = (self.total_steps / 20).max(1);
                 if let Some(p) = r.eval_ppl {
-                    log(format!("step {}: held-out perplexity {p:.2}", r.step));
-                } else if !interactive && r.step % log_every == 0 {
-                    log(format!(
-                        "step {}/{}: loss {:.4}, lr {:.3e}, grad norm {:.3}, {:.0} tok/s",
+                    self.log(format!("step {}: held-out perplexity {p:.2}", r.step));
+                } else if !self.interactive && r.step % log_every == 0 {
+                    self.log(format!(
+                        "step {}/{}: loss {:.4}, lr {:.3e}, grad norm {:.3}, {:.0} tok/s{}",
                         r.step,
-                        config.steps,
+                        self.total_steps,
                         r.loss.unwrap_or(f64::NAN),
                         r.lr.unwrap_or(f64::NAN),
                         r.grad_norm.unwrap_or(f64::NAN),
-                        r.tokens_per_s.unwrap_or(f64::NAN)
+                        r.tokens_per_s.unwrap_or(f64::NAN),
+                        r.pressure.map(|p| format!(", pressure {p:.2}")).unwrap_or_default()
                     ));
                 }
             }
-            TrainEvent::Checkpoint { .. } => {}
-            TrainEvent::SoftHardGap(_) => {}
-        },
-    );
-    bar.finish_and_clear();
-    let outcome = outcome?;
+            TrainEvent::Checkpoint { .. } | TrainEvent::SoftHardGap(_) => {}
+        }
+    }
 
-    // ---- export ----
-    let check = check_export_matches_engine(&backend, &outcome.layout, &outcome.latent)?;
-    if check.code_mismatches > 0 || check.scale_mismatches > 0 {
-        eprintln!(
-            "warning: the export's ternarization differs from training's fake quantization in {} of {} weights \
-             and {} of {} scales",
-            check.code_mismatches, check.weights, check.scale_mismatches, check.tensors
-        );
+    fn block_event(&mut self, e: BlockwiseEvent<'_>) {
+        match e {
+            BlockwiseEvent::Activations { done, total, cached } => {
+                if cached {
+                    self.log(format!("teacher activations: {total} sequences (cached)"));
+                    return;
+                }
+                if done == 1 || self.bar.is_none() {
+                    self.new_bar(total as u64, "teacher activations");
+                }
+                if let Some(b) = &self.bar {
+                    b.set_position(done as u64);
+                }
+            }
+            BlockwiseEvent::BlockStarted {
+                layer,
+                layers,
+                first_step,
+            } => {
+                self.new_bar(0, &format!("block {}/{layers}", layer + 1));
+                if first_step > 0 {
+                    self.log(format!("resuming block {layer} at its step {first_step}"));
+                }
+            }
+            BlockwiseEvent::Step(r) => {
+                if let Some(b) = &self.bar {
+                    b.inc(1);
+                    b.set_message(format!(
+                        "MSE {:.4e} | {:.0} tok/s",
+                        r.loss.unwrap_or(f64::NAN),
+                        r.tokens_per_s.unwrap_or(0.0)
+                    ));
+                }
+            }
+            BlockwiseEvent::BlockDone(rep) => self.log(format!(
+                "block {}: held-out MSE {:.4e} (PTQ) → {:.4e} in {:.0} s",
+                rep.layer, rep.loss_before, rep.loss_after, rep.seconds
+            )),
+            BlockwiseEvent::Checkpoint { .. } => {}
+        }
     }
-    let mut trained = trained_source_model(&src, &outcome.layout, &outcome.latent)?;
-    let objective = if kl_weight == 0.0 {
-        "ce".to_string()
-    } else {
-        format!("ce:{ce_weight},kl:{kl_weight}@T{temperature}")
-    };
-    for (k, v) in [
-        ("training.method", "ste".to_string()),
-        ("training.steps", config.steps.to_string()),
-        ("training.tokens", (config.steps * config.tokens_per_step()).to_string()),
-        (
-            "training.activations",
-            if config.act_quant { "int8" } else { "f16" }.to_string(),
-        ),
-        ("training.objective", objective),
-        ("training.held_out_ppl", format!("{:.4}", outcome.final_eval.ppl)),
-    ] {
-        trained.metadata.push((k.to_string(), v));
-    }
-    let bytes = write_model(&trained, &opts, &args.output)?;
-    let initial = outcome
-        .initial_eval
-        .map(|e| e.ppl)
-        .or_else(|| initial_eval_from_metrics(&run_dir).and_then(|r| r.eval_ppl));
-    let summary = serde_json::json!({
-        "output": args.output.display().to_string(),
-        "steps": config.steps,
-        "seq_len": config.seq_len,
-        "batch": config.batch_size,
-        "grad_accum": config.grad_accum,
-        "held_out_ppl_ptq": initial,
-        "held_out_ppl_fp": initial_eval_from_metrics(&run_dir).and_then(|r| r.fp_eval_ppl),
-        "held_out_ppl_final": outcome.final_eval.ppl,
-        "held_out_tokens": outcome.final_eval.tokens,
-        "train_tokens_per_s": outcome.tokens_per_s,
-        "export_code_mismatches": check.code_mismatches,
-        "export_scale_mismatches": check.scale_mismatches,
-    });
-    tern_format::write_atomic(run_dir.join("summary.json"), format!("{summary:#}\n").as_bytes())
-        .with_context(|| format!("writing {}", run_dir.join("summary.json").display()))?;
-    if let Err(e) = crate::commands::plot::plot_run(&run_dir) {
-        eprintln!("warning: plotting {}: {e:#}", run_dir.display());
-    }
-    eprintln!(
-        "held-out perplexity: {} at step 0 (PTQ) → {:.2} after {} steps; {}",
-        initial.map_or("?".into(), |p| format!("{p:.2}")),
-        outcome.final_eval.ppl,
-        config.steps,
-        outcome
-            .tokens_per_s
-            .map_or("no steps run".into(), |t| format!("{t:.0} training tokens/s"))
-    );
-    eprintln!(
-        "wrote {} ({bytes} bytes); run directory {}",
-        args.output.display(),
-        run_dir.display()
-    );
-    Ok(())
 }

@@ -235,14 +235,15 @@ impl Pool {
     }
 }
 
-/// Trains every block of `src` (or of `init`, an earlier stage's latent weights) against the full-precision
-/// activations, in `run_dir`.
+/// Trains every block of `src` (starting from `init`, an earlier stage's latent weights, when given) against the
+/// full-precision activations of `src`, in `run_dir`.
 #[allow(clippy::too_many_arguments)]
 pub fn train_blockwise<B: Backend<Elem = f32>>(
     backend: &B,
     src: &SourceModel,
     data: &PackedData,
     config: &BlockwiseConfig,
+    init: Option<&[Vec<f32>]>,
     temperature_scales: Option<&[(String, f64)]>,
     run_dir: &Path,
     resume: bool,
@@ -268,7 +269,10 @@ pub fn train_blockwise<B: Backend<Elem = f32>>(
     let metrics_path = run_dir.join(METRICS_FILE);
 
     // ---- resume ----
-    let mut latent = source_host.clone();
+    let mut latent = match init {
+        Some(w) => w.to_vec(),
+        None => source_host.clone(),
+    };
     let (mut layer0, mut step0) = (0usize, 0u64);
     let mut moments: Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)> = None;
     let mut resumed_from = None;

@@ -4,3 +4,4 @@
 pub mod activations;
 pub mod blockwise;
 pub mod hestia;
+pub mod pipeline;
