@@ -1,5 +1,5 @@
-//! `tern plot RUN_DIR`: draws `loss.svg` (training loss per step, held-out loss at each evaluation) and `lr.svg`
-//! from `RUN_DIR/metrics.jsonl`.
+//! `tern plot RUN_DIR`: draws `loss.svg` (training loss per step, held-out loss at each evaluation), `lr.svg`, and
+//! for Hestia runs `temperature.svg` (every tensor's temperature over the run), from `RUN_DIR/metrics.jsonl`.
 
 use std::path::{Path, PathBuf};
 
@@ -107,5 +107,101 @@ pub fn plot_run(run_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         "lr",
         &[("learning rate", GREEN, points(&records, |r| r.lr))],
     )?;
-    Ok(vec![loss, lr])
+    let mut written = vec![loss, lr];
+    if records.iter().any(|r| r.temperatures.is_some()) {
+        let t = run_dir.join("temperature.svg");
+        temperature_chart(&t, &records)?;
+        written.push(t);
+    }
+    Ok(written)
+}
+
+/// Every soft-quantized tensor's temperature against the step (one line each, coloured by tensor kind: the
+/// names are in `hestia.json`, in the order of the `temperatures` arrays), plus the pressure on a second scale.
+fn temperature_chart(path: &Path, records: &[MetricsRecord]) -> anyhow::Result<()> {
+    let info: Option<serde_json::Value> = std::fs::read_to_string(path.with_file_name("hestia.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let names: Vec<String> = info
+        .as_ref()
+        .and_then(|i| i.get("tensors"))
+        .and_then(|t| t.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|t| t.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    const KINDS: [(&str, RGBColor); 7] = [
+        ("attn_q", RGBColor(31, 119, 180)),
+        ("attn_k", RGBColor(255, 127, 14)),
+        ("attn_v", RGBColor(44, 160, 44)),
+        ("attn_output", RGBColor(214, 39, 40)),
+        ("ffn_gate", RGBColor(148, 103, 189)),
+        ("ffn_up", RGBColor(140, 86, 75)),
+        ("ffn_down", RGBColor(227, 119, 194)),
+    ];
+    let series_count = records
+        .iter()
+        .filter_map(|r| r.temperatures.as_ref().map(Vec::len))
+        .max()
+        .unwrap_or(0);
+    let all: Vec<(f64, f64)> = records
+        .iter()
+        .filter_map(|r| r.temperatures.as_ref().map(|t| (r.step as f64, t)))
+        .flat_map(|(x, t)| t.iter().map(move |&v| (x, v)))
+        .collect();
+    let (x0, x1) = range(all.iter().map(|p| p.0)).context("no temperatures to plot")?;
+    let (_, y1) = range(all.iter().map(|p| p.1)).context("no temperatures to plot")?;
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Hestia temperature per tensor (colour: kind)", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, 0.0..y1)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("temperature")
+        .draw()
+        .map_err(|e| err(&e))?;
+    let mut labelled = [false; KINDS.len()];
+    for i in 0..series_count {
+        let pts: Vec<(f64, f64)> = records
+            .iter()
+            .filter_map(|r| {
+                r.temperatures
+                    .as_ref()
+                    .and_then(|t| t.get(i))
+                    .map(|&v| (r.step as f64, v))
+            })
+            .collect();
+        let kind = names
+            .get(i)
+            .and_then(|n| KINDS.iter().position(|(k, _)| n.contains(&format!(".{k}."))));
+        let color = kind.map_or(RGBColor(120, 120, 120), |k| KINDS[k].1);
+        let series = chart
+            .draw_series(LineSeries::new(pts, color.mix(0.6).stroke_width(1)))
+            .map_err(|e| err(&e))?;
+        if let Some(k) = kind {
+            if !labelled[k] {
+                labelled[k] = true;
+                series
+                    .label(KINDS[k].0)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            }
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
 }
