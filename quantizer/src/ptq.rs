@@ -316,3 +316,33 @@ mod tests {
         assert!(q.iter().all(|&v| v == 0));
     }
 }
+
+/// Element type of the matrices of an unquantized `.tern` ([`full_precision_model`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FullPrecision {
+    F16,
+    F32,
+}
+
+/// `src` as a `.tern` without quantization: matrices in f16 or f32, vectors (norms) in f32 — the teacher the
+/// runtime can run (teacher-data generation, reference perplexities).
+pub fn full_precision_model(src: &SourceModel, element: FullPrecision) -> Result<ModelWriter, ConvertError> {
+    let mut w = ModelWriter::new(src.config);
+    w.tokenizer_json(src.tokenizer_json.clone());
+    if let Some(t) = &src.chat_template {
+        w.chat_template(t);
+    }
+    for (k, v) in &src.metadata {
+        w.metadata(k, v);
+    }
+    for t in &src.tensors {
+        let shape = shape_of(t)?;
+        let data = if t.shape.len() == 1 || element == FullPrecision::F32 {
+            TensorData::f32(&t.name, t.role, t.layer, shape, &t.data)
+        } else {
+            TensorData::f16(&t.name, t.role, t.layer, shape, &t.data)
+        };
+        w.add_tensor(data)?;
+    }
+    Ok(w)
+}

@@ -2,24 +2,21 @@
 //!
 //! As in LLM-QAT, each sample starts from a uniformly random token, takes the next `greedy_prefix` tokens greedily
 //! (so the start settles into a plausible context) and samples the rest from `softmax(logits / temperature)`,
-//! until EOS or `sample_len` tokens. Samples are generated `batch` at a time with the engine's full-precision
-//! forward pass. The engine has no KV cache, so each new token re-runs the prefix; to bound that cost the prefix is
-//! run at the smallest power-of-two length (≥ 16) that holds it. Slow on a CPU, but simple and exact.
+//! until EOS or `sample_len` tokens. Generation runs on tern's own inference runtime with a KV cache (one token per
+//! step, O(T) per sample) over the full-precision model stored as f16 matrices (the f32 norms and an f32 KV cache
+//! keep the rest exact); the engine's training forward would have to re-run the whole prefix for every token.
 //!
 //! Output is cached per chunk of `batch` samples as token files (`teacher-KEY-CCCCC.bin`, the format of the text
 //! token cache), keyed by the model, the options and the chunk index, so an interrupted generation resumes and a
 //! resumed training run sees the same data. Generation is deterministic: chunk `c` uses a generator seeded from
 //! `(seed, c)`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::data::{decode_token_cache, document_separator, encode_token_cache, Fnv64};
-use crate::engine::{
-    CpuBackend, EngineConfig, ParamLayout, Parameters, QuantConfig, Recompute, SplitMix64, Transformer,
-};
+use crate::engine::SplitMix64;
 use crate::model::SourceModel;
-use crate::train::{layout_tensors_from_source, model_fingerprint, TrainError};
+use crate::train::{model_fingerprint, TrainError};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TeacherDataOptions {
@@ -46,11 +43,6 @@ impl Default for TeacherDataOptions {
             seed: 0,
         }
     }
-}
-
-/// Shortest forward length the engine runs a prefix of `len` tokens at.
-fn bucket_len(len: usize, max: usize) -> usize {
-    len.max(16).next_power_of_two().min(max)
 }
 
 /// Index of the largest logit (the first on ties).
@@ -82,7 +74,6 @@ fn sample(logits: &[f32], temperature: f64, rng: &mut SplitMix64) -> usize {
 /// Generates (or reads from `cache_dir`) the teacher's token stream; `progress(tokens_so_far, target)` after
 /// each chunk. Samples are separated by EOS when the model has one.
 pub fn generate_teacher_data(
-    backend: &CpuBackend<f32>,
     src: &SourceModel,
     opts: &TeacherDataOptions,
     cache_dir: &Path,
@@ -101,7 +92,7 @@ pub fn generate_teacher_data(
     let eos = document_separator(&src.config);
     let vocab = src.config.vocab_size as u64;
     let mut key = Fnv64::new();
-    key.bytes(b"tern-teacher-data-v1")
+    key.bytes(b"tern-teacher-data-v2-runtime-kv")
         .u64(model_fingerprint(src))
         .u64(opts.sample_len as u64)
         .u64(opts.batch as u64)
@@ -123,13 +114,13 @@ pub fn generate_teacher_data(
             Some(t) => t,
             None => {
                 if generator.is_none() {
-                    generator = Some(Generator::new(backend, src, opts.batch)?);
+                    generator = Some(Generator::new(src)?);
                 }
                 let g = generator
                     .as_mut()
                     .ok_or_else(|| TrainError::Config("generator missing".into()))?;
                 let mut rng = SplitMix64::new(Fnv64::new().u64(opts.seed).u64(chunk).finish());
-                let t = g.generate_chunk(backend, opts, vocab, eos, &mut rng)?;
+                let t = g.generate_chunk(opts, vocab, eos, &mut rng)?;
                 tern_format::write_atomic(&path, &encode_token_cache(chunk_key, &t)).map_err(|source| {
                     TrainError::Io {
                         path: path.clone(),
@@ -147,108 +138,62 @@ pub fn generate_teacher_data(
     Ok(stream)
 }
 
-/// The full-precision model at several forward lengths.
+/// The full-precision model as an in-memory `.tern` (f16 matrices, f32 norms) run by tern's runtime.
 struct Generator {
-    layout: ParamLayout,
-    params: Parameters<CpuBackend<f32>>,
-    model_config: tern_format::ModelConfig,
-    batch: usize,
-    models: HashMap<usize, Transformer<CpuBackend<f32>>>,
+    bytes: tern_format::AlignedBytes,
+    threads: usize,
 }
 
 impl Generator {
-    fn new(backend: &CpuBackend<f32>, src: &SourceModel, batch: usize) -> Result<Self, TrainError> {
-        let layout = ParamLayout::new(&src.config);
-        let host = layout_tensors_from_source(&layout, src)?;
-        let params = Parameters::from_host(backend, &layout, &host)?;
+    fn new(src: &SourceModel) -> Result<Self, TrainError> {
+        let writer = crate::ptq::full_precision_model(src, crate::ptq::FullPrecision::F16)?;
+        let bytes = writer.to_bytes().map_err(crate::ptq::ConvertError::from)?;
         Ok(Self {
-            layout,
-            params,
-            model_config: src.config,
-            batch,
-            models: HashMap::new(),
+            bytes: tern_format::AlignedBytes::from_slice(&bytes),
+            threads: rayon::current_num_threads().clamp(1, tern_runtime::MAX_THREADS),
         })
-    }
-
-    fn model(
-        &mut self,
-        backend: &CpuBackend<f32>,
-        seq_len: usize,
-    ) -> Result<&mut Transformer<CpuBackend<f32>>, TrainError> {
-        if !self.models.contains_key(&seq_len) {
-            let cfg = EngineConfig {
-                model: self.model_config,
-                batch_size: self.batch,
-                seq_len,
-                quant: QuantConfig::FULL_PRECISION,
-                recompute: Recompute::All,
-            };
-            let m = Transformer::new(backend, cfg)?;
-            debug_assert_eq!(m.layout(), &self.layout);
-            self.models.insert(seq_len, m);
-        }
-        self.models
-            .get_mut(&seq_len)
-            .ok_or_else(|| TrainError::Config("generator model missing".into()))
     }
 
     fn generate_chunk(
         &mut self,
-        backend: &CpuBackend<f32>,
         opts: &TeacherDataOptions,
         vocab: u64,
         eos: Option<u32>,
         rng: &mut SplitMix64,
     ) -> Result<Vec<u32>, TrainError> {
-        let b = self.batch;
-        let v = vocab as usize;
-        let mut rows: Vec<Vec<u32>> = (0..b)
-            .map(|_| loop {
+        let runtime = |e: tern_runtime::RuntimeError| TrainError::Config(format!("teacher generation: {e}"));
+        let view = tern_format::ModelView::parse(&self.bytes)
+            .map_err(|e| TrainError::Config(format!("teacher model: {e}")))?;
+        let model = tern_runtime::Model::new(view).map_err(runtime)?;
+        let session_opts = tern_runtime::SessionOptions::new(opts.sample_len, 1)
+            .with_kv(tern_runtime::KvPrecision::F32)
+            .with_threads(self.threads);
+        let mut arena = vec![0u8; session_opts.arena_bytes(model.config()).map_err(runtime)?];
+        let mut session = tern_runtime::Session::new(&model, &mut arena, session_opts).map_err(runtime)?;
+        let mut out = Vec::new();
+        for _ in 0..opts.batch {
+            let first = loop {
                 let t = rng.below(vocab) as u32;
                 if Some(t) != eos {
-                    break vec![t];
+                    break t;
                 }
-            })
-            .collect();
-        let mut finished = vec![false; b];
-        for len in 1..opts.sample_len {
-            if finished.iter().all(|&f| f) {
-                break;
-            }
-            let l = bucket_len(len, opts.sample_len);
-            let mut tokens = vec![0u32; b * l];
-            for (r, row) in rows.iter().enumerate() {
-                let n = row.len().min(l);
-                tokens[r * l..r * l + n].copy_from_slice(&row[..n]);
-            }
-            // Causal attention: position len-1 sees only the row's real tokens, whatever pads follow.
-            self.model(backend, l)?;
-            let Self { models, params, .. } = self;
-            let model = models
-                .get_mut(&l)
-                .ok_or_else(|| TrainError::Config("generator model missing".into()))?;
-            model.forward_logits(backend, params, &tokens)?;
-            let logits = model.logits();
-            for r in 0..b {
-                if finished[r] {
-                    continue;
-                }
-                let at = r * l + len - 1;
-                let z = &logits[at * v..(at + 1) * v];
-                let next = if len <= opts.greedy_prefix {
-                    argmax(z)
+            };
+            session.reset();
+            let mut row = vec![first];
+            let mut logits = session.prefill(&[first]).map_err(runtime)?.to_vec();
+            while row.len() < opts.sample_len {
+                let next = if row.len() <= opts.greedy_prefix {
+                    argmax(&logits)
                 } else {
-                    sample(z, opts.temperature, rng)
+                    sample(&logits, opts.temperature, rng)
                 } as u32;
-                rows[r].push(next);
-                if Some(next) == eos {
-                    finished[r] = true;
+                row.push(next);
+                if Some(next) == eos || row.len() == opts.sample_len {
+                    break;
                 }
+                logits = session.decode(next).map_err(runtime)?.to_vec();
             }
-        }
-        let mut out = Vec::new();
-        for row in rows {
-            let ended = row.last().copied() == eos && eos.is_some();
+            let ended = eos.is_some() && row.last().copied() == eos;
             out.extend_from_slice(&row);
             if !ended {
                 out.extend(eos);

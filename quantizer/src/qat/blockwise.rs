@@ -36,6 +36,11 @@ use crate::qat::activations::{ActivationFile, ActivationShape, ActivationWriter}
 use crate::qat::hestia::{HestiaOptions, TemperatureControl};
 use crate::train::{layout_tensors_from_source, model_fingerprint, DebugOptions, TrainError};
 
+/// AdamW's `m` and `v` of one block's tensors (host copies).
+type Moments = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+/// The block's tensors (global ids) with their `m` and `v`, for a mid-block checkpoint.
+type BlockMoments<'a> = (&'a [crate::engine::ParamId], &'a [Vec<f32>], &'a [Vec<f32>]);
+
 /// Where a block's inputs come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -274,7 +279,7 @@ pub fn train_blockwise<B: Backend<Elem = f32>>(
         None => source_host.clone(),
     };
     let (mut layer0, mut step0) = (0usize, 0u64);
-    let mut moments: Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)> = None;
+    let mut moments: Option<Moments> = None;
     let mut resumed_from = None;
     let mut reports: Vec<BlockReport> = Vec::new();
     let mut elapsed_before = 0.0;
@@ -624,7 +629,7 @@ fn non_finite(e: EngineError, step: u64) -> TrainError {
 /// Key of the quantized-chain input of `layer`: the base key and the latent weights of every earlier block.
 fn chain_key(base: u64, split: u64, layer: usize, latent: &[Vec<f32>], layout: &ParamLayout) -> u64 {
     let mut h = Fnv64::new();
-    h.u64(base).u64(0x5155_414E_54 ^ split).u64(layer as u64);
+    h.u64(base).u64(0x0051_5541_4E54 ^ split).u64(layer as u64);
     let mut crc = crc32fast::Hasher::new();
     for l in 0..layer {
         if let Ok(b) = crate::engine::BlockLayout::new(layout, l) {
@@ -754,7 +759,7 @@ fn quantized_inputs<B: Backend<Elem = f32>>(
 fn write_block_checkpoint(
     layout: &ParamLayout,
     latent: &[Vec<f32>],
-    moments: Option<(&[crate::engine::ParamId], &[Vec<f32>], &[Vec<f32>])>,
+    moments: Option<BlockMoments<'_>>,
     (layer, step_in_block, global_step): (usize, u64, u64),
     reports: &[BlockReport],
     config: &BlockwiseConfig,

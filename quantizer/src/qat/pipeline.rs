@@ -196,7 +196,6 @@ fn granularity(groups: ScaleGroups) -> ScaleGranularity {
 
 /// Tokenized, packed training data (text files or teacher-generated), cached in the run directory.
 pub fn prepare_data(
-    backend: &CpuBackend<f32>,
     src: &SourceModel,
     recipe: &Recipe,
     run_dir: &Path,
@@ -216,7 +215,7 @@ pub fn prepare_data(
                 sample_len: recipe.seq_len + 1,
                 ..*t
             };
-            let stream = generate_teacher_data(backend, src, &opts, &run_dir.join("teacher-data"), &mut |d, total| {
+            let stream = generate_teacher_data(src, &opts, &run_dir.join("teacher-data"), &mut |d, total| {
                 observer(PipelineEvent::TeacherData { done: d, total })
             })?;
             observer(PipelineEvent::Log(format!("teacher data: {} tokens", stream.len())));
@@ -353,7 +352,7 @@ pub fn run_recipe(
     let (mut final_eval, mut initial_eval, mut gap) = (None, None, None);
     let mut stage_summaries = Vec::new();
     if recipe.method != Method::Ptq {
-        let data = prepare_data(backend, src, recipe, run_dir, observer)?;
+        let data = prepare_data(src, recipe, run_dir, observer)?;
         let scales = traces_and_scales(backend, src, recipe, &data, run_dir, observer)?;
         let count = recipe.stages.len();
         for (i, stage) in recipe.stages.iter().enumerate() {
