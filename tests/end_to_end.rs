@@ -239,5 +239,60 @@ fn every_method_exports_a_model_the_runtime_runs_as_trained() {
         assert_eq!(summary["export_code_mismatches"], 0, "{name}");
         assert_eq!(summary["export_scale_mismatches"], 0, "{name}");
     }
+    reference_comparison(&dir, &text, &dir.join("ste.tern"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn ppl_line(stdout: &str, prefix: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {stdout}"))
+        .to_string()
+}
+
+/// `tern perplexity --reference`: the reference's perplexity is the one it has on its own, a model agrees with
+/// itself everywhere, and a ternary student agrees with its full-precision teacher somewhere in between.
+fn reference_comparison(dir: &Path, text: &Path, student: &Path) {
+    let src = tiny_random_model(3);
+    let teacher = dir.join("teacher-f16.tern");
+    let w = tern_quantizer::ptq::full_precision_model(&src, tern_quantizer::ptq::FullPrecision::F16).unwrap();
+    std::fs::write(&teacher, w.to_bytes().unwrap()).unwrap();
+    let ppl = |model: &Path, reference: Option<&Path>| {
+        let mut args = vec![
+            "perplexity".to_string(),
+            "-m".into(),
+            model.to_str().unwrap().into(),
+            "-f".into(),
+            text.to_str().unwrap().into(),
+            "--ctx".into(),
+            "64".into(),
+            "--chunks".into(),
+            "6".into(),
+        ];
+        if let Some(r) = reference {
+            args.extend(["--reference".into(), r.to_str().unwrap().into()]);
+        }
+        let o = tern().args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let alone = ppl(&teacher, None);
+    let compared = ppl(student, Some(&teacher));
+    let teacher_ppl = ppl_line(&alone, "Final estimate: PPL = ");
+    let reference = ppl_line(&compared, "Reference: PPL = ");
+    let number = |l: &str, p: &str| l.trim_start_matches(p).split_whitespace().next().unwrap().to_string();
+    assert_eq!(
+        number(&reference, "Reference: PPL = "),
+        number(&teacher_ppl, "Final estimate: PPL = "),
+        "{reference} vs {teacher_ppl}"
+    );
+    let share = |l: &str| -> f64 {
+        let pct = l.rsplit('(').next().unwrap().trim_end_matches("%)");
+        pct.parse().unwrap()
+    };
+    let student_share = share(&reference);
+    assert!(student_share > 0.0 && student_share < 100.0, "{reference}");
+    let itself = ppl_line(&ppl(&teacher, Some(&teacher)), "Reference: PPL = ");
+    assert_eq!(share(&itself), 100.0, "{itself}");
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use tern_format::TernaryLayout;
-use tern_quantizer::ptq::{HeadFormat, PtqOptions, ScaleGranularity};
+use tern_quantizer::ptq::{FullPrecision, HeadFormat, PtqOptions, ScaleGranularity};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,6 +22,18 @@ pub struct Args {
     /// Storage of the embedding and output head: int8 (per row), int4[:G] (per group, default G 32) or f16.
     #[arg(long, default_value = "int8", value_parser = parse_head)]
     pub head: HeadFormat,
+    /// Do not quantize: store every matrix as f16 or f32 (the full-precision reference the runtime can run,
+    /// e.g. for `tern perplexity --reference`).
+    #[arg(long, value_name = "f16|f32", value_parser = parse_keep)]
+    pub keep: Option<FullPrecision>,
+}
+
+pub fn parse_keep(s: &str) -> Result<FullPrecision, String> {
+    match s {
+        "f16" => Ok(FullPrecision::F16),
+        "f32" => Ok(FullPrecision::F32),
+        _ => Err(format!("expected f16 or f32, got {s:?}")),
+    }
 }
 
 pub fn parse_scale(s: &str) -> Result<ScaleGranularity, String> {
@@ -66,12 +78,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         layout: args.layout,
         head: args.head,
     };
-    let bar = crate::progress::bar(src.tensors.len() as u64, "ternarizing");
-    let writer = tern_quantizer::ptq::ptq_model(&src, &opts, &mut |done, _, name| {
-        bar.set_position(done as u64);
-        bar.set_message(name.to_string());
-    })?;
-    bar.finish_and_clear();
+    let writer = match args.keep {
+        Some(element) => tern_quantizer::ptq::full_precision_model(&src, element)?,
+        None => {
+            let bar = crate::progress::bar(src.tensors.len() as u64, "ternarizing");
+            let w = tern_quantizer::ptq::ptq_model(&src, &opts, &mut |done, _, name| {
+                bar.set_position(done as u64);
+                bar.set_message(name.to_string());
+            })?;
+            bar.finish_and_clear();
+            w
+        }
+    };
     let bytes = writer.to_bytes()?;
     tern_format::write_atomic(&args.output, &bytes).with_context(|| format!("writing {}", args.output.display()))?;
     let view = tern_format::ModelView::parse(&tern_format::AlignedBytes::from_slice(&bytes))?.tensor_count();

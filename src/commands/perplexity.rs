@@ -40,6 +40,10 @@ pub struct Args {
     /// KV cache precision: f16 or f32.
     #[arg(long, default_value = "f16", value_parser = parse_kv)]
     pub kv: KvPrecision,
+    /// A reference model (e.g. the full-precision teacher, `tern convert --keep f16`) scored on the same chunks:
+    /// its perplexity and the share of scored positions where both models predict the same next token.
+    #[arg(long, value_name = "MODEL.tern")]
+    pub reference: Option<PathBuf>,
 }
 
 /// `log softmax(logits)[tok]` as llama.cpp computes it: max in f32, sum of `expf` in f64.
@@ -73,8 +77,14 @@ impl Totals {
     }
 }
 
-/// Scores one chunk (`tokens.len()` = the context size) from an empty cache.
-pub fn score_chunk(s: &mut Session<'_>, tokens: &[u32], totals: &mut Totals) -> anyhow::Result<()> {
+/// Scores one chunk (`tokens.len()` = the context size) from an empty cache; the argmax of every scored position
+/// is appended to `predictions` when given.
+pub fn score_chunk(
+    s: &mut Session<'_>,
+    tokens: &[u32],
+    totals: &mut Totals,
+    mut predictions: Option<&mut Vec<u32>>,
+) -> anyhow::Result<()> {
     let n_ctx = tokens.len();
     let first = n_ctx / 2;
     let batch = s.options().max_batch;
@@ -91,12 +101,26 @@ pub fn score_chunk(s: &mut Session<'_>, tokens: &[u32], totals: &mut Totals) -> 
         for pos in start.max(first)..end.min(n_ctx - 1) {
             let row = s.logits_row(pos - start).context("missing logits row")?;
             let lp = log_softmax(row, tokens[pos + 1] as usize);
+            if let Some(p) = predictions.as_deref_mut() {
+                p.push(argmax(row));
+            }
             totals.nll -= lp;
             totals.nll2 += lp * lp;
             totals.count += 1;
         }
     }
     Ok(())
+}
+
+/// Index of the largest logit (the first on ties).
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -132,6 +156,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         session.kernels().name
     );
 
+    let reference_file = args.reference.as_ref().map(load::map).transpose()?;
+    let reference = match (&reference_file, &args.reference) {
+        (Some(f), Some(p)) => {
+            let m = load::model(f, true).with_context(|| format!("loading {}", p.display()))?;
+            if m.config().vocab_size != cfg.vocab_size {
+                bail!(
+                    "the reference model has another vocabulary ({} vs {})",
+                    m.config().vocab_size,
+                    cfg.vocab_size
+                );
+            }
+            Some(m)
+        }
+        _ => None,
+    };
+    let mut reference_arena = match &reference {
+        Some(m) => vec![0u8; opts.arena_bytes(m.config())?],
+        None => Vec::new(),
+    };
+    let mut reference_session = match &reference {
+        Some(m) => Some(Session::new(m, &mut reference_arena, opts)?),
+        None => None,
+    };
+    let (mut ours, mut theirs, mut reference_totals) = (Vec::new(), Vec::new(), Totals::default());
+
     let bos = tok.adds_bos().then(|| tok.bos()).flatten();
     let bar = crate::progress::bar(n_chunk as u64, "perplexity");
     let mut totals = Totals::default();
@@ -143,7 +192,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(b) = bos {
             chunk[0] = b;
         }
-        score_chunk(&mut session, chunk, &mut totals)?;
+        let compare = reference_session.is_some();
+        score_chunk(&mut session, chunk, &mut totals, compare.then_some(&mut ours))?;
+        if let Some(r) = reference_session.as_mut() {
+            score_chunk(r, chunk, &mut reference_totals, Some(&mut theirs))?;
+        }
         chunk[0] = original;
         per_chunk.push(format!("[{}]{:.4}", i + 1, totals.ppl()));
         bar.set_position(i as u64 + 1);
@@ -161,6 +214,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match totals.estimate() {
         (ppl, Some(err)) => println!("Final estimate: PPL = {ppl:.4} +/- {err:.5}"),
         (ppl, None) => println!("Final estimate: PPL = {ppl:.4} (unexpected non-positive variance of log(prob))"),
+    }
+    if reference_session.is_some() {
+        let same = ours.iter().zip(&theirs).filter(|(a, b)| a == b).count();
+        let (rppl, rerr) = reference_totals.estimate();
+        println!(
+            "Reference: PPL = {rppl:.4} +/- {:.5}; same next-token prediction at {same} of {} scored positions \
+             ({:.2}%)",
+            rerr.unwrap_or(f64::NAN),
+            ours.len(),
+            100.0 * same as f64 / ours.len().max(1) as f64
+        );
     }
     Ok(())
 }
