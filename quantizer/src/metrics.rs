@@ -36,6 +36,10 @@ pub struct MetricsRecord {
     /// Wall-clock seconds of training so far (all sessions of the run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elapsed_s: Option<f64>,
+    /// CPU seconds (user + system, all threads) the run's process spent so far, all sessions: on a shared
+    /// machine, `cpu_s / cores` is the wall clock the run would have taken with the cores to itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_s: Option<f64>,
     /// Held-out cross-entropy of the hard-quantized model, nats/token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
@@ -154,4 +158,24 @@ pub fn truncate_after(path: &Path, step: u64) -> Result<(), MetricsError> {
         context: "rewriting",
         source,
     })
+}
+
+/// CPU time (user + system, all threads) of this process in seconds, from `/proc/self/stat` (Linux; `None`
+/// elsewhere).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based), in clock
+    // ticks of 1/100 s on Linux.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// The `cpu_s` of the last record of a run (what a resumed session adds its own CPU time to).
+pub fn last_cpu_seconds(path: &Path) -> f64 {
+    read_metrics(path)
+        .ok()
+        .and_then(|r| r.iter().rev().find_map(|r| r.cpu_s))
+        .unwrap_or(0.0)
 }

@@ -34,7 +34,10 @@ use crate::engine::{
     AdamW, AdamWConfig, Backend, Batch, DecayShape, EngineConfig, EngineError, LrSchedule, NonFiniteSource, Objective,
     ParamKind, ParamLayout, Parameters, QuantConfig, Recompute, ScaleGroups, SoftState, Transformer, WeightQuantizer,
 };
-use crate::metrics::{read_metrics, truncate_after, MetricsError, MetricsRecord, MetricsWriter, METRICS_FILE};
+use crate::metrics::{
+    last_cpu_seconds, process_cpu_seconds, read_metrics, truncate_after, MetricsError, MetricsRecord, MetricsWriter,
+    METRICS_FILE,
+};
 use crate::model::SourceModel;
 use crate::ptq::{ternarize_absmean, ConvertError, ScaleGranularity};
 use crate::qat::hestia::{HestiaOptions, TemperatureControl};
@@ -775,6 +778,9 @@ pub fn train_from<B: Backend<Elem = f32>>(
         resumed_from: resumed_from.as_deref(),
     });
     let session_start = Instant::now();
+    let cpu_start = process_cpu_seconds();
+    let cpu_before = last_cpu_seconds(&metrics_path);
+    let cpu_now = || cpu_start.zip(process_cpu_seconds()).map(|(a, b)| cpu_before + b - a);
     let mut initial_eval = None;
     if fresh {
         model.set_all_soft_states(SoftState::HARD)?;
@@ -894,6 +900,7 @@ pub fn train_from<B: Backend<Elem = f32>>(
         }
         let elapsed = elapsed_before + session_start.elapsed().as_secs_f64();
         record.elapsed_s = Some(elapsed);
+        record.cpu_s = cpu_now();
         metrics.append(&record)?;
         observer(TrainEvent::Step(&record));
         if config.checkpoint_every > 0 && (last || done % config.checkpoint_every == 0) {

@@ -30,7 +30,9 @@ use crate::engine::{
     AdamW, AdamWConfig, Backend, BlockModel, EngineConfig, EngineError, LrSchedule, ParamLayout, Parameters,
     QuantConfig, Recompute, ScaleGroups, SoftState, Transformer, WeightQuantizer,
 };
-use crate::metrics::{truncate_after, MetricsRecord, MetricsWriter, METRICS_FILE};
+use crate::metrics::{
+    last_cpu_seconds, process_cpu_seconds, truncate_after, MetricsRecord, MetricsWriter, METRICS_FILE,
+};
 use crate::model::SourceModel;
 use crate::qat::activations::{ActivationFile, ActivationShape, ActivationWriter};
 use crate::qat::hestia::{HestiaOptions, TemperatureControl};
@@ -411,6 +413,9 @@ pub fn train_blockwise<B: Backend<Elem = f32>>(
         ..engine_config.clone()
     };
     let session_start = Instant::now();
+    let cpu_start = process_cpu_seconds();
+    let cpu_before = last_cpu_seconds(&metrics_path);
+    let cpu_now = || cpu_start.zip(process_cpu_seconds()).map(|(a, b)| cpu_before + b - a);
     let (mut session_tokens, mut session_train_s) = (0u64, 0.0f64);
     let mut host_x = Vec::new();
     let mut host_t = Vec::new();
@@ -533,6 +538,7 @@ pub fn train_blockwise<B: Backend<Elem = f32>>(
                 tokens_per_s: Some(tokens_per_step as f64 / dt.max(1e-9)),
                 tokens: Some(global_step * tokens_per_step),
                 elapsed_s: Some(elapsed_before + session_start.elapsed().as_secs_f64()),
+                cpu_s: cpu_now(),
                 layer: Some(layer),
                 pressure: control.as_ref().map(|c| c.schedule.pressure(step)),
                 ..Default::default()
