@@ -11,8 +11,8 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{build, tokens, Dense, Spec};
-use tern_format::{Architecture, ModelView, ScaleKind, TernaryLayout};
-use tern_runtime::{Logits, Model, Sampler, SamplingParams, Session, SessionOptions};
+use tern_format::{Architecture, ModelView, ParseOptions, ScaleKind, TernaryLayout};
+use tern_runtime::{Logits, Model, OwnedModel, OwnedSession, Sampler, SamplingParams, Session, SessionOptions};
 
 struct Counting;
 
@@ -111,4 +111,31 @@ fn inference_path_allocates_nothing() {
         result.unwrap();
         assert_eq!(n, 0, "{arch:?}: {n} heap allocations on the inference path");
     }
+}
+
+#[test]
+fn owned_session_calls_allocate_nothing() {
+    // `OwnedSession` re-parses the directory and re-carves the arena on every call: none of that allocates.
+    let spec = Spec::small(Architecture::Llama);
+    let model = OwnedModel::new(build(&spec, 4), ParseOptions::default()).unwrap();
+    let opts = SessionOptions::new(64, 8);
+    let arena = vec![0u8; model.arena_bytes(&opts).unwrap()];
+    let mut s = OwnedSession::new(&model, arena, opts).unwrap();
+    let prompt = tokens(13, spec.vocab, 5);
+    let mut sampler = Sampler::new(SamplingParams::default());
+    let mut logits = vec![0f32; spec.vocab as usize];
+    let (result, n) = counted(|| -> Result<u32, tern_runtime::RuntimeError> {
+        s.prefill(&prompt)?;
+        let mut tok = s.sample(&mut sampler)?;
+        for _ in 0..6 {
+            s.decode(tok)?;
+            s.copy_last_logits(&mut logits)?;
+            tok = s.sample(&mut sampler)?;
+        }
+        s.truncate(3);
+        s.decode(tok)?;
+        Ok(tok)
+    });
+    result.unwrap();
+    assert_eq!(n, 0, "{n} heap allocations through OwnedSession");
 }
