@@ -118,7 +118,7 @@ where
             return Err(RuntimeError::ArenaMoved);
         }
         let model = self.model.model()?;
-        let mut session = Session::new(&model, &mut *self.arena, self.opts)?;
+        let mut session = Session::new(&model, &mut self.arena, self.opts)?;
         session.set_kernels(self.kernels);
         session.restore(self.cursor);
         let result = f(&mut session);
