@@ -42,107 +42,88 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Generation stopped after `max_tokens` tokens.
-#define TERN_STOP_MAX_TOKENS 0
-
-// The sampler chose a stop token (EOS or end of turn; it is not reported or fed).
-#define TERN_STOP_EOS 1
-
-// The callback returned non-zero.
-#define TERN_STOP_CALLBACK 2
-
-// The session's context is full.
-#define TERN_STOP_CONTEXT_FULL 3
-
-// Check every tensor's CRC32 when opening (reads the whole file once: ~0.1 s per GB).
+/**
+ * Check every tensor's CRC32 when opening (reads the whole file once: ~0.1 s per GB).
+ */
 #define TERN_OPEN_VERIFY_CHECKSUMS 1
 
-// Llama (the `architecture` field of `tern_model_config`).
+/**
+ * Llama (the `architecture` field of `tern_model_config`).
+ */
 #define TERN_ARCH_LLAMA 1
 
-// BitNet b1.58.
+/**
+ * BitNet b1.58.
+ */
 #define TERN_ARCH_BITNET_B158 2
 
-// "No such token" (e.g. a model without a BOS token).
-#define TERN_NO_TOKEN NO_TOKEN
+/**
+ * "No such token" (e.g. a model without a BOS token).
+ */
+#define TERN_NO_TOKEN UINT32_MAX
 
-// KV cache in f16 (the default: half the memory of f32).
+/**
+ * KV cache in f16 (the default: half the memory of f32).
+ */
 #define TERN_KV_F16 0
 
-// KV cache in f32.
+/**
+ * KV cache in f32.
+ */
 #define TERN_KV_F32 1
 
-// Default tokens per forward pass when `tern_session_options.max_batch` is 0.
+/**
+ * Default tokens per forward pass when `tern_session_options.max_batch` is 0.
+ */
 #define TERN_DEFAULT_MAX_BATCH 64
 
-// Tokenize as a prompt: BOS first when the model's config says prompts start with it.
+/**
+ * Generation stopped after `max_tokens` tokens.
+ */
+#define TERN_STOP_MAX_TOKENS 0
+
+/**
+ * The sampler chose a stop token (EOS or end of turn; it is not reported or fed).
+ */
+#define TERN_STOP_EOS 1
+
+/**
+ * The callback returned non-zero.
+ */
+#define TERN_STOP_CALLBACK 2
+
+/**
+ * The session's context is full.
+ */
+#define TERN_STOP_CONTEXT_FULL 3
+
+/**
+ * Tokenize as a prompt: BOS first when the model's config says prompts start with it.
+ */
 #define TERN_TOKENIZE_PROMPT 1
 
-// An opened model. Opaque; free with `tern_model_free`.
+/**
+ * An opened model. Opaque; free with `tern_model_free`.
+ */
 typedef struct tern_model tern_model;
 
-// A session. Opaque; free with `tern_session_free`.
+/**
+ * A session. Opaque; free with `tern_session_free`.
+ */
 typedef struct tern_session tern_session;
 
-// What every fallible function returns: `TERN_OK` (0) or one of the `TERN_ERR_*` codes.
+/**
+ * What every fallible function returns: `TERN_OK` (0) or one of the `TERN_ERR_*` codes.
+ */
 typedef int32_t tern_status;
 
-// What `tern_session_generate` does.
-typedef struct tern_generate_params {
-  // Most tokens to generate.
-  uint32_t max_tokens;
-  // Non-zero: stop when the sampler picks one of the model's stop tokens (`tern_model_is_stop_token`).
-  uint32_t stop_at_eos;
-  // Non-zero: pass each token's text to the callback (uses the tokenizer, which allocates); 0: ids only,
-  // and nothing is allocated.
-  uint32_t decode_text;
-} tern_generate_params;
-
-// How the next token is chosen: repetition penalty, then top-k, top-p, min-p, temperature, draw (llama.cpp's
-// order). `tern_sampling_params_default` gives llama.cpp's defaults.
-typedef struct tern_sampling_params {
-  // <= 0: greedy (the most likely token after the repetition penalty).
-  float temperature;
-  // Keep the k most likely tokens (0 = all).
-  uint32_t top_k;
-  // Keep the most likely tokens up to this cumulative probability (1 = all).
-  float top_p;
-  // Drop tokens less likely than min_p times the most likely one (0 = none).
-  float min_p;
-  // Divide positive logits (multiply negative ones) of recent tokens by this (1 = off; must be > 0).
-  float repeat_penalty;
-  // How many recent tokens the penalty looks at.
-  uint32_t repeat_last_n;
-  // Seed of the random generator (`tern_sampler_init`).
-  uint64_t seed;
-} tern_sampling_params;
-
-// Parameters and generator state. Initialise with `tern_sampler_init`; copy it to fork a sequence.
-typedef struct tern_sampler {
-  struct tern_sampling_params params;
-  // SplitMix64 state: the same state and logits give the same token on every platform.
-  uint64_t rng_state;
-} tern_sampler;
-
-// Called once per generated token with its id and, when `decode_text` is set, the text it completes
-// (UTF-8, NUL-terminated, `text_len` bytes without the NUL; may be empty while a multi-byte character is
-// incomplete; NULL when `decode_text` is 0). `text` is valid only during the call. Return 0 to continue,
-// anything else to stop after this token. The callback must not unwind (no C++ exception or longjmp out of
-// it); it may call tern functions on other sessions and on the model, but not on this session (that gets
-// `TERN_ERR_BUSY`).
-typedef int32_t (*tern_token_callback)(void *user_data, uint32_t token, const char *text, size_t text_len);
-
-// What `tern_session_generate` did.
-typedef struct tern_generate_result {
-  // Tokens reported to the callback (and fed to the session).
-  uint32_t n_tokens;
-  // `TERN_STOP_*`.
-  uint32_t stop_reason;
-} tern_generate_result;
-
-// The model's dimensions and special tokens.
+/**
+ * The model's dimensions and special tokens.
+ */
 typedef struct tern_model_config {
-  // `TERN_ARCH_LLAMA` or `TERN_ARCH_BITNET_B158`.
+  /**
+   * `TERN_ARCH_LLAMA` or `TERN_ARCH_BITNET_B158`.
+   */
   uint32_t architecture;
   uint32_t hidden_size;
   uint32_t n_layers;
@@ -150,106 +131,450 @@ typedef struct tern_model_config {
   uint32_t n_kv_heads;
   uint32_t head_dim;
   uint32_t ffn_size;
-  // Token ids are `0 .. vocab_size - 1`.
+  /**
+   * Token ids are `0 .. vocab_size - 1`.
+   */
   uint32_t vocab_size;
-  // Most positions a session of this model can hold.
+  /**
+   * Most positions a session of this model can hold.
+   */
   uint32_t context_length;
-  // `TERN_NO_TOKEN` when the model has none.
+  /**
+   * `TERN_NO_TOKEN` when the model has none.
+   */
   uint32_t bos_token;
-  // `TERN_NO_TOKEN` when the model has none.
+  /**
+   * `TERN_NO_TOKEN` when the model has none.
+   */
   uint32_t eos_token;
-  // Whether prompts start with BOS (`TERN_TOKENIZE_PROMPT` adds it).
+  /**
+   * Whether prompts start with BOS (`TERN_TOKENIZE_PROMPT` adds it).
+   */
   bool add_bos;
-  // The output head is the token embedding.
+  /**
+   * The output head is the token embedding.
+   */
   bool tied_embeddings;
   float rope_theta;
   float norm_eps;
 } tern_model_config;
 
-// What a session is sized for. Zero-initialise for the defaults; NULL means all defaults too.
+/**
+ * What a session is sized for. Zero-initialise for the defaults; NULL means all defaults too.
+ */
 typedef struct tern_session_options {
-  // Positions the KV cache holds; 0 = the model's context length.
+  /**
+   * Positions the KV cache holds; 0 = the model's context length.
+   */
   uint32_t max_context;
-  // Tokens per forward pass (prompts run in batches of this many); 0 = `TERN_DEFAULT_MAX_BATCH` (at
-  // most `max_context`).
+  /**
+   * Tokens per forward pass (prompts run in batches of this many); 0 = `TERN_DEFAULT_MAX_BATCH` (at
+   * most `max_context`).
+   */
   uint32_t max_batch;
-  // `TERN_KV_F16` (0) or `TERN_KV_F32`.
+  /**
+   * `TERN_KV_F16` (0) or `TERN_KV_F32`.
+   */
   uint32_t kv_precision;
-  // Worker threads per session; 0 = 1. Can be changed later with `tern_session_set_threads`.
+  /**
+   * Worker threads per session; 0 = 1. Can be changed later with `tern_session_set_threads`.
+   */
   uint32_t threads;
 } tern_session_options;
 
-// Success.
+/**
+ * How the next token is chosen: repetition penalty, then top-k, top-p, min-p, temperature, draw (llama.cpp's
+ * order). `tern_sampling_params_default` gives llama.cpp's defaults.
+ */
+typedef struct tern_sampling_params {
+  /**
+   * <= 0: greedy (the most likely token after the repetition penalty).
+   */
+  float temperature;
+  /**
+   * Keep the k most likely tokens (0 = all).
+   */
+  uint32_t top_k;
+  /**
+   * Keep the most likely tokens up to this cumulative probability (1 = all).
+   */
+  float top_p;
+  /**
+   * Drop tokens less likely than min_p times the most likely one (0 = none).
+   */
+  float min_p;
+  /**
+   * Divide positive logits (multiply negative ones) of recent tokens by this (1 = off; must be > 0).
+   */
+  float repeat_penalty;
+  /**
+   * How many recent tokens the penalty looks at.
+   */
+  uint32_t repeat_last_n;
+  /**
+   * Seed of the random generator (`tern_sampler_init`).
+   */
+  uint64_t seed;
+} tern_sampling_params;
+
+/**
+ * Parameters and generator state. Initialise with `tern_sampler_init`; copy it to fork a sequence.
+ */
+typedef struct tern_sampler {
+  struct tern_sampling_params params;
+  /**
+   * SplitMix64 state: the same state and logits give the same token on every platform.
+   */
+  uint64_t rng_state;
+} tern_sampler;
+
+/**
+ * What `tern_session_generate` does.
+ */
+typedef struct tern_generate_params {
+  /**
+   * Most tokens to generate.
+   */
+  uint32_t max_tokens;
+  /**
+   * Non-zero: stop when the sampler picks one of the model's stop tokens (`tern_model_is_stop_token`).
+   */
+  uint32_t stop_at_eos;
+  /**
+   * Non-zero: pass each token's text to the callback (uses the tokenizer, which allocates); 0: ids only,
+   * and nothing is allocated.
+   */
+  uint32_t decode_text;
+} tern_generate_params;
+
+/**
+ * Called once per generated token with its id and, when `decode_text` is set, the text it completes
+ * (UTF-8, NUL-terminated, `text_len` bytes without the NUL; may be empty while a multi-byte character is
+ * incomplete; NULL when `decode_text` is 0). `text` is valid only during the call. Return 0 to continue,
+ * anything else to stop after this token. The callback must not unwind (no C++ exception or longjmp out of
+ * it); it may call tern functions on other sessions and on the model, but not on this session (that gets
+ * `TERN_ERR_BUSY`).
+ */
+typedef int32_t (*tern_token_callback)(void *user_data, uint32_t token, const char *text, size_t text_len);
+
+/**
+ * What `tern_session_generate` did.
+ */
+typedef struct tern_generate_result {
+  /**
+   * Tokens reported to the callback (and fed to the session).
+   */
+  uint32_t n_tokens;
+  /**
+   * `TERN_STOP_*`.
+   */
+  uint32_t stop_reason;
+} tern_generate_result;
+
+/**
+ * Success.
+ */
 #define TERN_OK 0
 
-// A required pointer argument was NULL.
+/**
+ * A required pointer argument was NULL.
+ */
 #define TERN_ERR_NULL_POINTER 1
 
-// An argument is out of its range (options, sizes, flags, text that is not UTF-8, ...).
+/**
+ * An argument is out of its range (options, sizes, flags, text that is not UTF-8, ...).
+ */
 #define TERN_ERR_INVALID_ARGUMENT 2
 
-// The model file could not be opened or mapped.
+/**
+ * The model file could not be opened or mapped.
+ */
 #define TERN_ERR_IO 3
 
-// The bytes are not a valid .tern model: wrong magic, truncated, corrupt, checksum mismatch, tensors that
-// do not match the config.
+/**
+ * The bytes are not a valid .tern model: wrong magic, truncated, corrupt, checksum mismatch, tensors that
+ * do not match the config.
+ */
 #define TERN_ERR_INVALID_MODEL 4
 
-// A valid file this build cannot run (format version, architecture, number of blocks, big-endian host).
+/**
+ * A valid file this build cannot run (format version, architecture, number of blocks, big-endian host).
+ */
 #define TERN_ERR_UNSUPPORTED 5
 
-// The model buffer is not aligned for in-place use (it must start on a 4-byte boundary; 64 is best).
+/**
+ * The model buffer is not aligned for in-place use (it must start on a 4-byte boundary; 64 is best).
+ */
 #define TERN_ERR_MISALIGNED 6
 
-// The arena is smaller than `tern_model_arena_size` says.
+/**
+ * The arena is smaller than `tern_model_arena_size` says.
+ */
 #define TERN_ERR_ARENA_TOO_SMALL 7
 
-// A token id is not below the vocabulary size.
+/**
+ * A token id is not below the vocabulary size.
+ */
 #define TERN_ERR_TOKEN_OUT_OF_RANGE 8
 
-// The tokens do not fit in the session's remaining context (nothing was run).
+/**
+ * The tokens do not fit in the session's remaining context (nothing was run).
+ */
 #define TERN_ERR_CONTEXT_FULL 9
 
-// Logits or sampling were asked for before any token was fed.
+/**
+ * Logits or sampling were asked for before any token was fed.
+ */
 #define TERN_ERR_NO_LOGITS 10
 
-// An output buffer is too small; the required size is reported through the size output.
+/**
+ * An output buffer is too small; the required size is reported through the size output.
+ */
 #define TERN_ERR_BUFFER_TOO_SMALL 11
 
-// The model file embeds no tokenizer.
+/**
+ * The model file embeds no tokenizer.
+ */
 #define TERN_ERR_NO_TOKENIZER 12
 
-// The tokenizer failed to encode or decode.
+/**
+ * The tokenizer failed to encode or decode.
+ */
 #define TERN_ERR_TOKENIZER 13
 
-// The session's model was freed with `tern_model_free`; only `tern_session_free` is allowed now.
+/**
+ * The session's model was freed with `tern_model_free`; only `tern_session_free` is allowed now.
+ */
 #define TERN_ERR_MODEL_FREED 14
 
-// The session is in use by another call (another thread, or a generation callback re-entering it).
+/**
+ * The session is in use by another call (another thread, or a generation callback re-entering it).
+ */
 #define TERN_ERR_BUSY 15
 
-// A bug in tern: a panic was caught at the boundary. The handle stays memory-safe; reset or free it.
+/**
+ * A bug in tern: a panic was caught at the boundary. The handle stays memory-safe; reset or free it.
+ */
 #define TERN_ERR_INTERNAL 16
 
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
-// The library version ("MAJOR.MINOR.PATCH"), a static NUL-terminated string.
+/**
+ * The library version ("MAJOR.MINOR.PATCH"), a static NUL-terminated string.
+ */
 const char *tern_version(void);
 
-// Feeds `n_prompt` tokens of `prompt` (may be 0: continue from the current logits), then generates up to
-// `params->max_tokens` tokens with `sampler`, calling `callback` (may be NULL) for each; each generated
-// token is fed before the next is sampled, so afterwards the session holds prompt + generated tokens.
-// Generation stops early at a stop token (if `stop_at_eos`), when the callback returns non-zero, or when
-// the context is full; `*out_result` (may be NULL) tells how many tokens and why. With `decode_text`, a
-// last callback with token `TERN_NO_TOKEN` may deliver text held back at the end. A prompt that does not
-// fit the context fails with `TERN_ERR_CONTEXT_FULL` before anything runs.
-//
-// # Safety
-// `session` is a live handle; `prompt` points to `n_prompt` ids; `params` points to parameters; `sampler`
-// to an initialised `tern_sampler`; `callback`, if not NULL, is safe to call with `user_data`;
-// `out_result` is NULL or points to writable storage for a `tern_generate_result`.
+/**
+ * The message of the last failed call on this thread, as a NUL-terminated UTF-8 string ("" if none
+ * failed yet). Successful calls leave it as it is. The pointer stays valid until the next failing call on
+ * the same thread; copy the text to keep it.
+ */
+const char *tern_last_error_message(void);
+
+/**
+ * A short, static description of a status code ("unknown status" for codes tern does not define).
+ */
+const char *tern_status_string(tern_status status);
+
+/**
+ * Opens the model file at `path` (a NUL-terminated path) by memory-mapping it; nothing is copied. `flags`
+ * is 0 or `TERN_OPEN_VERIFY_CHECKSUMS`. On success `*out_model` is the new handle; on failure it is NULL.
+ *
+ * # Safety
+ * `path` is a NUL-terminated string; `out_model` points to writable storage for a pointer.
+ */
+tern_status tern_model_open(const char *path, uint32_t flags, struct tern_model **out_model);
+
+/**
+ * Opens a model held in memory: `data` points to the `size` bytes of a .tern file (in flash, in a
+ * caller's allocation, ...), starting on a 4-byte boundary (64 is best). Nothing is copied: the bytes must
+ * stay valid and unchanged until `tern_model_free` returns. `flags` as for `tern_model_open`.
+ *
+ * # Safety
+ * `data` is valid for reads of `size` bytes until `tern_model_free`; `out_model` as for `tern_model_open`.
+ */
+tern_status tern_model_open_buffer(const void *data,
+                                   size_t size,
+                                   uint32_t flags,
+                                   struct tern_model **out_model);
+
+/**
+ * Frees a model handle (NULL is ignored). Sessions made from it stay valid to free, but every other call
+ * on them now fails with `TERN_ERR_MODEL_FREED`. Must not run while another thread is inside a call on
+ * this model or one of its sessions.
+ *
+ * # Safety
+ * `model` is NULL or a handle from `tern_model_open*` not freed before.
+ */
+void tern_model_free(struct tern_model *model);
+
+/**
+ * Writes the model's config to `*out_config`.
+ *
+ * # Safety
+ * `model` is a live handle; `out_config` points to writable storage for a `tern_model_config`.
+ */
+tern_status tern_model_get_config(const struct tern_model *model, struct tern_model_config *out_config);
+
+/**
+ * Writes to `*out_bytes` the arena size a session with `options` (NULL: defaults) needs for this model:
+ * what `tern_session_new_in_arena` must be given. It grows with `max_context` (the KV cache) and
+ * `max_batch` (activations and logits).
+ *
+ * # Safety
+ * `model` is a live handle; `options` is NULL or points to a `tern_session_options`; `out_bytes` points to
+ * writable storage for a `size_t`.
+ */
+tern_status tern_model_arena_size(const struct tern_model *model,
+                                  const struct tern_session_options *options,
+                                  size_t *out_bytes);
+
+/**
+ * Whether `token` ends generation for this model (EOS, or an end-of-turn token such as `<|im_end|>`).
+ *
+ * # Safety
+ * `model` is a live handle; `out_is_stop` points to writable storage for a `bool`.
+ */
+tern_status tern_model_is_stop_token(const struct tern_model *model, uint32_t token, bool *out_is_stop);
+
+/**
+ * Creates a session whose arena tern allocates (`tern_model_arena_size` bytes, zeroed lazily by the OS).
+ * `options` may be NULL (defaults). On failure `*out_session` is NULL.
+ *
+ * # Safety
+ * `model` is a live model handle; `options` is NULL or points to options; `out_session` points to
+ * writable storage for a pointer.
+ */
+tern_status tern_session_new(const struct tern_model *model,
+                             const struct tern_session_options *options,
+                             struct tern_session **out_session);
+
+/**
+ * Creates a session inside the caller's `arena` of `arena_size` bytes (any alignment; at least
+ * `tern_model_arena_size` for these options). After this call tern allocates nothing for the session:
+ * feeding, logits, sampling and generation without text run in the arena. The arena must stay valid, and
+ * untouched by the caller, until `tern_session_free`.
+ *
+ * # Safety
+ * `arena` is valid for reads and writes of `arena_size` bytes until `tern_session_free`; otherwise as
+ * `tern_session_new`.
+ */
+tern_status tern_session_new_in_arena(const struct tern_model *model,
+                                      const struct tern_session_options *options,
+                                      void *arena,
+                                      size_t arena_size,
+                                      struct tern_session **out_session);
+
+/**
+ * Frees a session (NULL is ignored); a caller's arena may be reused once this returns. Allowed after the
+ * session's model was freed.
+ *
+ * # Safety
+ * `session` is NULL or a live handle that no other thread is using.
+ */
+void tern_session_free(struct tern_session *session);
+
+/**
+ * Feeds `n_tokens` tokens (the prompt, or tokens chosen by the caller) in batches of `max_batch`; the
+ * logits of the last one are then available to `tern_session_get_logits` and `tern_session_sample`. The
+ * whole input is checked first (every id below the vocabulary size, room in the context): on an error
+ * nothing has run and the session is unchanged.
+ *
+ * # Safety
+ * `session` is a live handle; `tokens` points to `n_tokens` ids.
+ */
+tern_status tern_session_feed(struct tern_session *session, const uint32_t *tokens, size_t n_tokens);
+
+/**
+ * Copies the logits the next token would be sampled from (one float per vocabulary entry) into `out`,
+ * which holds `capacity` floats; `TERN_ERR_BUFFER_TOO_SMALL` when `capacity` < vocab_size.
+ *
+ * # Safety
+ * `session` is a live handle; `out` is valid for writes of `capacity` floats.
+ */
+tern_status tern_session_get_logits(struct tern_session *session, float *out, size_t capacity);
+
+/**
+ * Writes the number of positions filled so far (the next token's position) to `*out_position`.
+ *
+ * # Safety
+ * `session` is a live handle; `out_position` points to writable storage for a `size_t`.
+ */
+tern_status tern_session_position(const struct tern_session *session, size_t *out_position);
+
+/**
+ * Forgets the sequence: the next token goes to position 0.
+ *
+ * # Safety
+ * `session` is a live handle.
+ */
+tern_status tern_session_reset(struct tern_session *session);
+
+/**
+ * Drops every position from `position` on (keeps the first `position` tokens' KV cache), e.g. to regenerate
+ * a reply or share a system prompt; no effect when `position` >= the current position. Logits are gone
+ * until the next feed.
+ *
+ * # Safety
+ * `session` is a live handle.
+ */
+tern_status tern_session_truncate(struct tern_session *session, size_t position);
+
+/**
+ * Sets the number of threads (>= 1) later calls on this session use. Results are identical for any count.
+ *
+ * # Safety
+ * `session` is a live handle.
+ */
+tern_status tern_session_set_threads(struct tern_session *session, uint32_t threads);
+
+/**
+ * llama.cpp's defaults: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no repetition penalty (64
+ * tokens), seed 0x5EED.
+ */
+struct tern_sampling_params tern_sampling_params_default(void);
+
+/**
+ * Greedy decoding: always the most likely token.
+ */
+struct tern_sampling_params tern_sampling_params_greedy(void);
+
+/**
+ * Sets `*sampler` to `*params` with the generator seeded from `params->seed`.
+ *
+ * # Safety
+ * `sampler` points to writable storage for a `tern_sampler`; `params` points to parameters.
+ */
+tern_status tern_sampler_init(struct tern_sampler *sampler, const struct tern_sampling_params *params);
+
+/**
+ * Chooses the next token from the session's current logits with `sampler` (advancing its generator) and
+ * writes it to `*out_token`. Does not feed it: call `tern_session_feed` with it to continue.
+ *
+ * # Safety
+ * `session` is a live handle; `sampler` points to an initialised `tern_sampler`; `out_token` points to
+ * writable storage for a `uint32_t`.
+ */
+tern_status tern_session_sample(struct tern_session *session,
+                                struct tern_sampler *sampler,
+                                uint32_t *out_token);
+
+/**
+ * Feeds `n_prompt` tokens of `prompt` (may be 0: continue from the current logits), then generates up to
+ * `params->max_tokens` tokens with `sampler`, calling `callback` (may be NULL) for each; each generated
+ * token is fed before the next is sampled, so afterwards the session holds prompt + generated tokens.
+ * Generation stops early at a stop token (if `stop_at_eos`), when the callback returns non-zero, or when
+ * the context is full; `*out_result` (may be NULL) tells how many tokens and why. With `decode_text`, a
+ * last callback with token `TERN_NO_TOKEN` may deliver text held back at the end. A prompt that does not
+ * fit the context fails with `TERN_ERR_CONTEXT_FULL` before anything runs.
+ *
+ * # Safety
+ * `session` is a live handle; `prompt` points to `n_prompt` ids; `params` points to parameters; `sampler`
+ * to an initialised `tern_sampler`; `callback`, if not NULL, is safe to call with `user_data`;
+ * `out_result` is NULL or points to writable storage for a `tern_generate_result`.
+ */
 tern_status tern_session_generate(struct tern_session *session,
                                   const uint32_t *prompt,
                                   size_t n_prompt,
@@ -259,167 +584,16 @@ tern_status tern_session_generate(struct tern_session *session,
                                   void *user_data,
                                   struct tern_generate_result *out_result);
 
-// Opens the model file at `path` (a NUL-terminated path) by memory-mapping it; nothing is copied. `flags`
-// is 0 or `TERN_OPEN_VERIFY_CHECKSUMS`. On success `*out_model` is the new handle; on failure it is NULL.
-//
-// # Safety
-// `path` is a NUL-terminated string; `out_model` points to writable storage for a pointer.
-tern_status tern_model_open(const char *path, uint32_t flags, struct tern_model **out_model);
-
-// Opens a model held in memory: `data` points to the `size` bytes of a .tern file (in flash, in a
-// caller's allocation, ...), starting on a 4-byte boundary (64 is best). Nothing is copied: the bytes must
-// stay valid and unchanged until `tern_model_free` returns. `flags` as for `tern_model_open`.
-//
-// # Safety
-// `data` is valid for reads of `size` bytes until `tern_model_free`; `out_model` as for `tern_model_open`.
-tern_status tern_model_open_buffer(const void *data,
-                                   size_t size,
-                                   uint32_t flags,
-                                   struct tern_model **out_model);
-
-// Frees a model handle (NULL is ignored). Sessions made from it stay valid to free, but every other call
-// on them now fails with `TERN_ERR_MODEL_FREED`. Must not run while another thread is inside a call on
-// this model or one of its sessions.
-//
-// # Safety
-// `model` is NULL or a handle from `tern_model_open*` not freed before.
-void tern_model_free(struct tern_model *model);
-
-// Writes the model's config to `*out_config`.
-//
-// # Safety
-// `model` is a live handle; `out_config` points to writable storage for a `tern_model_config`.
-tern_status tern_model_get_config(const struct tern_model *model, struct tern_model_config *out_config);
-
-// Writes to `*out_bytes` the arena size a session with `options` (NULL: defaults) needs for this model:
-// what `tern_session_new_in_arena` must be given. It grows with `max_context` (the KV cache) and
-// `max_batch` (activations and logits).
-//
-// # Safety
-// `model` is a live handle; `options` is NULL or points to a `tern_session_options`; `out_bytes` points to
-// writable storage for a `size_t`.
-tern_status tern_model_arena_size(const struct tern_model *model,
-                                  const struct tern_session_options *options,
-                                  size_t *out_bytes);
-
-// Whether `token` ends generation for this model (EOS, or an end-of-turn token such as `<|im_end|>`).
-//
-// # Safety
-// `model` is a live handle; `out_is_stop` points to writable storage for a `bool`.
-tern_status tern_model_is_stop_token(const struct tern_model *model, uint32_t token, bool *out_is_stop);
-
-// llama.cpp's defaults: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no repetition penalty (64
-// tokens), seed 0x5EED.
-struct tern_sampling_params tern_sampling_params_default(void);
-
-// Greedy decoding: always the most likely token.
-struct tern_sampling_params tern_sampling_params_greedy(void);
-
-// Sets `*sampler` to `*params` with the generator seeded from `params->seed`.
-//
-// # Safety
-// `sampler` points to writable storage for a `tern_sampler`; `params` points to parameters.
-tern_status tern_sampler_init(struct tern_sampler *sampler, const struct tern_sampling_params *params);
-
-// Chooses the next token from the session's current logits with `sampler` (advancing its generator) and
-// writes it to `*out_token`. Does not feed it: call `tern_session_feed` with it to continue.
-//
-// # Safety
-// `session` is a live handle; `sampler` points to an initialised `tern_sampler`; `out_token` points to
-// writable storage for a `uint32_t`.
-tern_status tern_session_sample(struct tern_session *session,
-                                struct tern_sampler *sampler,
-                                uint32_t *out_token);
-
-// Creates a session whose arena tern allocates (`tern_model_arena_size` bytes, zeroed lazily by the OS).
-// `options` may be NULL (defaults). On failure `*out_session` is NULL.
-//
-// # Safety
-// `model` is a live model handle; `options` is NULL or points to options; `out_session` points to
-// writable storage for a pointer.
-tern_status tern_session_new(const struct tern_model *model,
-                             const struct tern_session_options *options,
-                             struct tern_session **out_session);
-
-// Creates a session inside the caller's `arena` of `arena_size` bytes (any alignment; at least
-// `tern_model_arena_size` for these options). After this call tern allocates nothing for the session:
-// feeding, logits, sampling and generation without text run in the arena. The arena must stay valid, and
-// untouched by the caller, until `tern_session_free`.
-//
-// # Safety
-// `arena` is valid for reads and writes of `arena_size` bytes until `tern_session_free`; otherwise as
-// `tern_session_new`.
-tern_status tern_session_new_in_arena(const struct tern_model *model,
-                                      const struct tern_session_options *options,
-                                      void *arena,
-                                      size_t arena_size,
-                                      struct tern_session **out_session);
-
-// Frees a session (NULL is ignored); a caller's arena may be reused once this returns. Allowed after the
-// session's model was freed.
-//
-// # Safety
-// `session` is NULL or a live handle that no other thread is using.
-void tern_session_free(struct tern_session *session);
-
-// Feeds `n_tokens` tokens (the prompt, or tokens chosen by the caller) in batches of `max_batch`; the
-// logits of the last one are then available to `tern_session_get_logits` and `tern_session_sample`. The
-// whole input is checked first (every id below the vocabulary size, room in the context): on an error
-// nothing has run and the session is unchanged.
-//
-// # Safety
-// `session` is a live handle; `tokens` points to `n_tokens` ids.
-tern_status tern_session_feed(struct tern_session *session, const uint32_t *tokens, size_t n_tokens);
-
-// Copies the logits the next token would be sampled from (one float per vocabulary entry) into `out`,
-// which holds `capacity` floats; `TERN_ERR_BUFFER_TOO_SMALL` when `capacity` < vocab_size.
-//
-// # Safety
-// `session` is a live handle; `out` is valid for writes of `capacity` floats.
-tern_status tern_session_get_logits(struct tern_session *session, float *out, size_t capacity);
-
-// Writes the number of positions filled so far (the next token's position) to `*out_position`.
-//
-// # Safety
-// `session` is a live handle; `out_position` points to writable storage for a `size_t`.
-tern_status tern_session_position(const struct tern_session *session, size_t *out_position);
-
-// Forgets the sequence: the next token goes to position 0.
-//
-// # Safety
-// `session` is a live handle.
-tern_status tern_session_reset(struct tern_session *session);
-
-// Drops every position from `position` on (keeps the first `position` tokens' KV cache), e.g. to regenerate
-// a reply or share a system prompt; no effect when `position` >= the current position. Logits are gone
-// until the next feed.
-//
-// # Safety
-// `session` is a live handle.
-tern_status tern_session_truncate(struct tern_session *session, size_t position);
-
-// Sets the number of threads (>= 1) later calls on this session use. Results are identical for any count.
-//
-// # Safety
-// `session` is a live handle.
-tern_status tern_session_set_threads(struct tern_session *session, uint32_t threads);
-
-// The message of the last failed call on this thread, as a NUL-terminated UTF-8 string ("" if none
-// failed yet). Successful calls leave it as it is. The pointer stays valid until the next failing call on
-// the same thread; copy the text to keep it.
-const char *tern_last_error_message(void);
-
-// A short, static description of a status code ("unknown status" for codes tern does not define).
-const char *tern_status_string(tern_status status);
-
-// Converts `text_len` bytes of UTF-8 `text` to token ids (special-token texts such as `<|im_start|>` map to
-// their ids). Writes the count to `*out_count` and, when it fits in `capacity`, the ids to `out_tokens`;
-// otherwise returns `TERN_ERR_BUFFER_TOO_SMALL` with the count needed (call with capacity 0 to size a
-// buffer). `flags` is 0 or `TERN_TOKENIZE_PROMPT`.
-//
-// # Safety
-// `model` is a live handle; `text` points to `text_len` bytes; `out_tokens` is valid for `capacity` writes;
-// `out_count` points to writable storage for a `size_t`.
+/**
+ * Converts `text_len` bytes of UTF-8 `text` to token ids (special-token texts such as `<|im_start|>` map to
+ * their ids). Writes the count to `*out_count` and, when it fits in `capacity`, the ids to `out_tokens`;
+ * otherwise returns `TERN_ERR_BUFFER_TOO_SMALL` with the count needed (call with capacity 0 to size a
+ * buffer). `flags` is 0 or `TERN_TOKENIZE_PROMPT`.
+ *
+ * # Safety
+ * `model` is a live handle; `text` points to `text_len` bytes; `out_tokens` is valid for `capacity` writes;
+ * `out_count` points to writable storage for a `size_t`.
+ */
 tern_status tern_tokenize(const struct tern_model *model,
                           const char *text,
                           size_t text_len,
@@ -428,13 +602,15 @@ tern_status tern_tokenize(const struct tern_model *model,
                           size_t capacity,
                           size_t *out_count);
 
-// Converts `n_tokens` ids to UTF-8 text (special tokens are left out). Writes the text's length in bytes
-// to `*out_len` and, when `capacity` > that length, the text plus a terminating NUL to `out_text`;
-// otherwise returns `TERN_ERR_BUFFER_TOO_SMALL` with the length needed (the buffer needs `*out_len + 1`).
-//
-// # Safety
-// `model` is a live handle; `tokens` points to `n_tokens` ids; `out_text` is valid for `capacity` writes;
-// `out_len` points to writable storage for a `size_t`.
+/**
+ * Converts `n_tokens` ids to UTF-8 text (special tokens are left out). Writes the text's length in bytes
+ * to `*out_len` and, when `capacity` > that length, the text plus a terminating NUL to `out_text`;
+ * otherwise returns `TERN_ERR_BUFFER_TOO_SMALL` with the length needed (the buffer needs `*out_len + 1`).
+ *
+ * # Safety
+ * `model` is a live handle; `tokens` points to `n_tokens` ids; `out_text` is valid for `capacity` writes;
+ * `out_len` points to writable storage for a `size_t`.
+ */
 tern_status tern_detokenize(const struct tern_model *model,
                             const uint32_t *tokens,
                             size_t n_tokens,

@@ -14,13 +14,20 @@
 //! a session is used by one thread at a time (a concurrent call gets `TERN_ERR_BUSY`).
 #![deny(unsafe_op_in_unsafe_fn)]
 
-mod args;
-pub mod generate;
-pub mod model;
-pub mod sampling;
-pub mod session;
+// Declared in the order tern.h presents them (cbindgen follows it; the blank lines keep rustfmt from sorting).
 pub mod status;
+
+pub mod model;
+
+pub mod session;
+
+pub mod sampling;
+
+pub mod generate;
+
 pub mod tokenize;
+
+mod args;
 
 use std::ffi::c_char;
 

@@ -30,7 +30,7 @@ pub const TERN_ARCH_LLAMA: u32 = 1;
 pub const TERN_ARCH_BITNET_B158: u32 = 2;
 
 /// "No such token" (e.g. a model without a BOS token).
-pub const TERN_NO_TOKEN: u32 = 0xFFFF_FFFF;
+pub const TERN_NO_TOKEN: u32 = u32::MAX;
 const _: () = assert!(TERN_NO_TOKEN == NO_TOKEN);
 
 /// KV cache in f16 (the default: half the memory of f32).
