@@ -118,6 +118,7 @@ impl Deref for ModelBytes {
             Self::Mapped(m) => m,
             // SAFETY: `ptr` is non-NULL and was valid for `len` reads when the model was opened; the caller
             // keeps it so until `tern_model_free`, and sessions check `freed` before they read.
+            // SAFETY: the contract above.
             Self::Foreign(f) => unsafe { std::slice::from_raw_parts(f.ptr.as_ptr(), f.len) },
         }
     }
@@ -214,11 +215,13 @@ pub unsafe extern "C" fn tern_model_open(
     out_model: *mut *mut tern_model,
 ) -> tern_status {
     guard("tern_model_open", || {
-        // SAFETY (all blocks): contract above.
+        // SAFETY: the contract above.
         unsafe { args::write(out_model, std::ptr::null_mut(), "out_model") }?;
+        // SAFETY: the contract above.
         let path = path_of(unsafe { args::c_str(path, "path") }?)?;
         let file = MappedFile::open(&path).map_err(|e| Error::new(TERN_ERR_IO, e.to_string()))?;
         let handle = Box::into_raw(Box::new(open(ModelBytes::Mapped(file), flags)?));
+        // SAFETY: the contract above.
         unsafe { args::write(out_model, handle, "out_model") }
     })
 }
@@ -237,11 +240,12 @@ pub unsafe extern "C" fn tern_model_open_buffer(
     out_model: *mut *mut tern_model,
 ) -> tern_status {
     guard("tern_model_open_buffer", || {
-        // SAFETY (both blocks): contract above.
+        // SAFETY: the contract above.
         unsafe { args::write(out_model, std::ptr::null_mut(), "out_model") }?;
         let ptr = NonNull::new(data.cast_mut().cast::<u8>()).ok_or_else(|| Error::null("data"))?;
         let bytes = ModelBytes::Foreign(ForeignBytes { ptr, len: size });
         let handle = Box::into_raw(Box::new(open(bytes, flags)?));
+        // SAFETY: the contract above.
         unsafe { args::write(out_model, handle, "out_model") }
     })
 }
@@ -303,8 +307,9 @@ pub unsafe extern "C" fn tern_model_get_config(
     out_config: *mut tern_model_config,
 ) -> tern_status {
     guard("tern_model_get_config", || {
-        // SAFETY (both blocks): contract above.
+        // SAFETY: the contract above.
         let m = unsafe { model_ref(model) }?;
+        // SAFETY: the contract above.
         unsafe { args::write(out_config, config_of(m.shared.owned.config()), "out_config") }
     })
 }
@@ -355,11 +360,13 @@ pub unsafe extern "C" fn tern_model_arena_size(
     out_bytes: *mut usize,
 ) -> tern_status {
     guard("tern_model_arena_size", || {
-        // SAFETY (all blocks): contract above; `options` may be NULL.
+        // SAFETY: the contract above (`options` may be NULL).
         let m = unsafe { model_ref(model) }?;
+        // SAFETY: the contract above.
         let options = unsafe { options.as_ref() };
         let opts = session_options(options, m.shared.owned.config())?;
         let bytes = m.shared.owned.arena_bytes(&opts)?;
+        // SAFETY: the contract above.
         unsafe { args::write(out_bytes, bytes, "out_bytes") }
     })
 }
@@ -375,8 +382,9 @@ pub unsafe extern "C" fn tern_model_is_stop_token(
     out_is_stop: *mut bool,
 ) -> tern_status {
     guard("tern_model_is_stop_token", || {
-        // SAFETY (both blocks): contract above.
+        // SAFETY: the contract above.
         let m = unsafe { model_ref(model) }?;
+        // SAFETY: the contract above.
         unsafe { args::write(out_is_stop, m.shared.stop_tokens.contains(&token), "out_is_stop") }
     })
 }

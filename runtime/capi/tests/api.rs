@@ -78,6 +78,15 @@ fn feed(s: *mut tern_session, t: &[u32]) -> tern_status {
     unsafe { tern_session_feed(s, t.as_ptr(), t.len()) }
 }
 
+/// Generation parameters without text.
+fn ids_only(max_tokens: u32, stop_at_eos: u32) -> tern_generate_params {
+    tern_generate_params {
+        max_tokens,
+        stop_at_eos,
+        decode_text: 0,
+    }
+}
+
 unsafe extern "C" fn collect(user: *mut c_void, token: u32, text: *const c_char, len: usize) -> i32 {
     assert!(text.is_null() && len == 0, "no text without decode_text");
     // SAFETY: `user` is the `Vec<u32>` the test passed.
@@ -168,11 +177,7 @@ fn c_api_matches_the_runtime() {
         params,
         rng_state: Rng::new(params.seed).state(),
     };
-    let gp = tern_generate_params {
-        max_tokens: 8,
-        stop_at_eos: 0,
-        decode_text: 0,
-    };
+    let gp = ids_only(8, 0);
     let mut ids: Vec<u32> = Vec::new();
     let mut result = tern_generate_result::default();
     // SAFETY: live session; `collect` gets the Vec as user data.
@@ -195,23 +200,28 @@ fn c_api_matches_the_runtime() {
 
     // Truncate, position, reset.
     let mut pos = 0usize;
-    // SAFETY (all blocks below): live handles and valid pointers.
+    // SAFETY: live handles and valid pointers.
     ok(unsafe { tern_session_position(own, &mut pos) });
     assert_eq!(pos, prompt.len() + 8);
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     ok(unsafe { tern_session_truncate(own, prompt.len() + 3) });
     ok(feed(own, &want_gen[..1]));
     assert_eq!(logits(own, vocab), want_truncated);
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     ok(unsafe { tern_session_reset(own) });
     ok(unsafe { tern_session_position(own, &mut pos) });
     assert_eq!(pos, 0);
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     ok(unsafe { tern_session_set_threads(own, 2) });
     ok(feed(own, &prompt));
     assert_eq!(logits(own, vocab), want_prefill, "two threads, same logits");
 
     // Generation stops at the context's end with every reported token fed.
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     ok(unsafe { tern_session_reset(caller) });
     let mut ids: Vec<u32> = Vec::new();
     let long = tern_generate_params { max_tokens: 1000, ..gp };
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     ok(unsafe {
         tern_session_generate(
             caller,
@@ -229,9 +239,11 @@ fn c_api_matches_the_runtime() {
         (40 - prompt.len(), TERN_STOP_CONTEXT_FULL)
     );
     assert_eq!(ids.len(), 40 - prompt.len());
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     ok(unsafe { tern_session_position(caller, &mut pos) });
     assert_eq!(pos, 40);
 
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     unsafe {
         tern_session_free(caller);
         tern_session_free(own);
@@ -246,10 +258,11 @@ fn inference_calls_allocate_nothing_after_session_creation() {
     let m = open(&bytes);
     let o = options(40, 4);
     let mut size = 0usize;
-    // SAFETY (all blocks): live handles and valid pointers.
+    // SAFETY: live handles and valid pointers.
     ok(unsafe { tern_model_arena_size(m, &o, &mut size) });
     let mut arena = vec![0u8; size];
     let mut s = null_mut();
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     ok(unsafe { tern_session_new_in_arena(m, &o, arena.as_mut_ptr().cast(), size, &mut s) });
     let prompt = tokens(7, sp.vocab, 2);
     let mut out = vec![0f32; sp.vocab as usize];
@@ -257,13 +270,10 @@ fn inference_calls_allocate_nothing_after_session_creation() {
         params: tern_sampling_params_default(),
         rng_state: 5,
     };
-    let gp = tern_generate_params {
-        max_tokens: 6,
-        stop_at_eos: 1,
-        decode_text: 0,
-    };
+    let gp = ids_only(6, 1);
     let mut ids: Vec<u32> = Vec::with_capacity(64);
     let ids_ptr: *mut c_void = (&raw mut ids).cast();
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     let (statuses, n) = counted(|| unsafe {
         let mut t = 0u32;
         let mut pos = 0usize;
@@ -293,6 +303,7 @@ fn inference_calls_allocate_nothing_after_session_creation() {
         ok(st);
     }
     assert_eq!(n, 0, "{n} heap allocations after session creation");
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     unsafe {
         tern_session_free(s);
         tern_model_free(m);
@@ -365,13 +376,9 @@ fn reentry_is_busy_and_a_freed_model_is_detected() {
         params: tern_sampling_params_greedy(),
         rng_state: 0,
     };
-    let gp = tern_generate_params {
-        max_tokens: 4,
-        stop_at_eos: 0,
-        decode_text: 0,
-    };
+    let gp = ids_only(4, 0);
     let mut result = tern_generate_result::default();
-    // SAFETY (all blocks): live handles and valid pointers; `reenter` gets `r`.
+    // SAFETY: live handles and valid pointers; `reenter` gets `r`.
     ok(unsafe {
         tern_session_generate(
             s,
@@ -388,6 +395,7 @@ fn reentry_is_busy_and_a_freed_model_is_detected() {
     assert_eq!((result.n_tokens, result.stop_reason), (1, TERN_STOP_CALLBACK));
 
     // Free the model first: the session refuses everything but tern_session_free.
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     unsafe { tern_model_free(m) };
     assert_eq!(feed(s, &[1]), TERN_ERR_MODEL_FREED);
     assert!(
@@ -398,19 +406,24 @@ fn reentry_is_busy_and_a_freed_model_is_detected() {
     let mut pos = 0usize;
     let mut t = 0u32;
     let mut out = vec![0f32; sp.vocab as usize];
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     assert_eq!(unsafe { tern_session_position(s, &mut pos) }, TERN_ERR_MODEL_FREED);
     assert_eq!(
+        // SAFETY: handles this test made and has not freed, pointers to live locals.
         unsafe { tern_session_sample(s, &mut sampler, &mut t) },
         TERN_ERR_MODEL_FREED
     );
     assert_eq!(
+        // SAFETY: handles this test made and has not freed, pointers to live locals.
         unsafe { tern_session_get_logits(s, out.as_mut_ptr(), out.len()) },
         TERN_ERR_MODEL_FREED
     );
     assert_eq!(
+        // SAFETY: handles this test made and has not freed, pointers to live locals.
         unsafe { tern_session_generate(s, null(), 0, &gp, &mut sampler, None, null_mut(), null_mut()) },
         TERN_ERR_MODEL_FREED
     );
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     assert_eq!(unsafe { tern_session_reset(s) }, TERN_ERR_MODEL_FREED);
     unsafe { tern_session_free(s) };
 }
@@ -425,20 +438,24 @@ fn files_and_models_without_tokenizers() {
     std::fs::write(&path, &bytes[..]).unwrap();
     let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     let mut m = null_mut();
-    // SAFETY (all blocks): valid strings and out pointers.
+    // SAFETY: valid strings and out pointers.
     ok(unsafe { tern_model_open(cpath.as_ptr(), TERN_OPEN_VERIFY_CHECKSUMS, &mut m) });
     let mut ids = [0u32; 8];
     let mut n = 0usize;
     assert_eq!(
+        // SAFETY: handles this test made and has not freed, pointers to live locals.
         unsafe { tern_tokenize(m, c"hi".as_ptr(), 2, 0, ids.as_mut_ptr(), ids.len(), &mut n) },
         TERN_ERR_NO_TOKENIZER
     );
     let mut stop = false;
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     ok(unsafe { tern_model_is_stop_token(m, 2, &mut stop) });
     assert!(stop, "EOS (2) is a stop token without a tokenizer too");
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     unsafe { tern_model_free(m) };
 
     let missing = std::ffi::CString::new(dir.join("missing.tern").to_str().unwrap()).unwrap();
+    // SAFETY: handles this test made and has not freed, pointers to live locals.
     assert_eq!(unsafe { tern_model_open(missing.as_ptr(), 0, &mut m) }, TERN_ERR_IO);
     assert!(m.is_null());
     assert!(last_error().contains("missing.tern"), "{}", last_error());
