@@ -28,8 +28,8 @@
  * Memory. tern_model_open maps the file (no copy); tern_model_open_buffer uses the caller's bytes in place
  * (e.g. a model in flash). tern_session_new_in_arena runs a session entirely inside a caller buffer of
  * tern_model_arena_size() bytes: after creating the handle, tern allocates nothing for feeding, logits,
- * sampling, or generation without text (the tokenizer, used by tokenize / detokenize / text generation, does
- * allocate).
+ * sampling, or generation without text, with one thread per session (the tokenizer, used by tokenize,
+ * detokenize and text generation, allocates; so do worker threads, spawned per matrix product today).
  */
 
 
@@ -454,7 +454,8 @@ tern_status tern_session_new(const struct tern_model *model,
 /**
  * Creates a session inside the caller's `arena` of `arena_size` bytes (any alignment; at least
  * `tern_model_arena_size` for these options). After this call tern allocates nothing for the session:
- * feeding, logits, sampling and generation without text run in the arena. The arena must stay valid, and
+ * feeding, logits, sampling and generation without text run in the arena (with one thread; more threads are
+ * spawned per matrix product today, which allocates their stacks). The arena must stay valid, and
  * untouched by the caller, until `tern_session_free`.
  *
  * # Safety

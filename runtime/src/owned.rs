@@ -103,7 +103,8 @@ where
             kernels: kernels::best(),
             cursor: Cursor::default(),
         };
-        s.kernels = s.with(|session| Ok(session.kernels()))?;
+        // Carve once now, so that a small arena or bad options fail here rather than at the first call.
+        s.with(|_| Ok(()))?;
         Ok(s)
     }
 

@@ -32,6 +32,14 @@ pub(crate) unsafe fn write<T>(p: *mut T, value: T, what: &str) -> Result<(), Err
     Ok(())
 }
 
+/// Rejects element counts whose byte size a slice cannot have (more than `isize::MAX` bytes).
+pub(crate) fn check_len<T>(len: usize, what: &str) -> Result<(), Error> {
+    match len.checked_mul(std::mem::size_of::<T>()) {
+        Some(bytes) if bytes <= isize::MAX as usize => Ok(()),
+        _ => Err(Error::invalid(format!("{what}: {len} elements is more than memory can hold"))),
+    }
+}
+
 /// `len` elements at `p`; NULL is accepted when `len` is 0.
 ///
 /// # Safety
@@ -46,7 +54,8 @@ pub(crate) unsafe fn slice<'a, T>(p: *const T, len: usize, what: &str) -> Result
     if !p.is_aligned() {
         return Err(Error::invalid(format!("{what} is not aligned for its element type")));
     }
-    // SAFETY: non-NULL, aligned, and valid for `len` reads per the caller's contract.
+    check_len::<T>(len, what)?;
+    // SAFETY: non-NULL, aligned, at most isize::MAX bytes, and valid for `len` reads per the caller's contract.
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
@@ -65,7 +74,8 @@ pub(crate) unsafe fn slice_mut<'a, T>(p: *mut T, len: usize, what: &str) -> Resu
     if !p.is_aligned() {
         return Err(Error::invalid(format!("{what} is not aligned for its element type")));
     }
-    // SAFETY: non-NULL, aligned, and valid for `len` writes per the caller's contract.
+    check_len::<T>(len, what)?;
+    // SAFETY: non-NULL, aligned, at most isize::MAX bytes, and valid for `len` writes per the caller's contract.
     Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
 }
 

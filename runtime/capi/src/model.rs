@@ -243,6 +243,7 @@ pub unsafe extern "C" fn tern_model_open_buffer(
         // SAFETY: the contract above.
         unsafe { args::write(out_model, std::ptr::null_mut(), "out_model") }?;
         let ptr = NonNull::new(data.cast_mut().cast::<u8>()).ok_or_else(|| Error::null("data"))?;
+        args::check_len::<u8>(size, "size")?;
         let bytes = ModelBytes::Foreign(ForeignBytes { ptr, len: size });
         let handle = Box::into_raw(Box::new(open(bytes, flags)?));
         // SAFETY: the contract above.

@@ -125,10 +125,13 @@ unsafe fn create(
     let needed = m.shared.owned.arena_bytes(&opts)?;
     let arena = match arena {
         None => Arena::heap(needed)?,
-        Some((ptr, len)) => Arena::Foreign {
-            ptr: NonNull::new(ptr.cast::<u8>()).ok_or_else(|| Error::null("arena"))?,
-            len,
-        },
+        Some((ptr, len)) => {
+            args::check_len::<u8>(len, "arena_size")?;
+            Arena::Foreign {
+                ptr: NonNull::new(ptr.cast::<u8>()).ok_or_else(|| Error::null("arena"))?,
+                len,
+            }
+        }
     };
     let session = OwnedSession::new(ModelRef(m.shared.clone()), arena, opts)?;
     let handle = Box::into_raw(Box::new(tern_session {
@@ -158,7 +161,8 @@ pub unsafe extern "C" fn tern_session_new(
 
 /// Creates a session inside the caller's `arena` of `arena_size` bytes (any alignment; at least
 /// `tern_model_arena_size` for these options). After this call tern allocates nothing for the session:
-/// feeding, logits, sampling and generation without text run in the arena. The arena must stay valid, and
+/// feeding, logits, sampling and generation without text run in the arena (with one thread; more threads are
+/// spawned per matrix product today, which allocates their stacks). The arena must stay valid, and
 /// untouched by the caller, until `tern_session_free`.
 ///
 /// # Safety
