@@ -36,7 +36,9 @@ pub(crate) unsafe fn write<T>(p: *mut T, value: T, what: &str) -> Result<(), Err
 pub(crate) fn check_len<T>(len: usize, what: &str) -> Result<(), Error> {
     match len.checked_mul(std::mem::size_of::<T>()) {
         Some(bytes) if bytes <= isize::MAX as usize => Ok(()),
-        _ => Err(Error::invalid(format!("{what}: {len} elements is more than memory can hold"))),
+        _ => Err(Error::invalid(format!(
+            "{what}: {len} elements is more than memory can hold"
+        ))),
     }
 }
 
