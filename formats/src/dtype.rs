@@ -88,6 +88,8 @@ pub enum ScaleKind {
 }
 
 impl ScaleKind {
+    /// On-disk `(kind, group)`; only the writer (feature `alloc`) encodes.
+    #[cfg(feature = "alloc")]
     pub(crate) fn code(self) -> (u32, u32) {
         match self {
             Self::None => (0, 0),

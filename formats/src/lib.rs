@@ -33,6 +33,6 @@ pub use error::FormatError;
 #[cfg(feature = "std")]
 pub use mapped::{write_atomic, MapError, MappedFile};
 pub use tensor::{Role, TensorView};
-pub use view::{ModelView, ParseOptions, TokenizerData};
+pub use view::{ModelView, ParseOptions, TokenizerData, ViewLayout};
 #[cfg(feature = "alloc")]
 pub use writer::{ModelWriter, TensorData, TernaryLayout};

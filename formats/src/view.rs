@@ -25,7 +25,7 @@ impl Default for ParseOptions {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Span {
     offset: usize,
     len: usize,
@@ -49,6 +49,20 @@ pub struct ModelView<'a> {
     chat_template: Option<&'a str>,
     directory: &'a [u8],
     strings: &'a [u8],
+    tensor_count: u32,
+}
+
+/// Where a validated view's parts lie in its bytes, borrowing nothing: an owner of the bytes keeps this and
+/// rebuilds the view with `ModelView::from_layout` instead of parsing (and checksumming) the file again.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ViewLayout {
+    len: usize,
+    config: ModelConfig,
+    metadata: Option<Span>,
+    tokenizer: Option<Span>,
+    chat_template: Option<Span>,
+    directory: Span,
+    strings: Span,
     tensor_count: u32,
 }
 
@@ -260,6 +274,70 @@ impl<'a> ModelView<'a> {
             }
         }
         Ok(view)
+    }
+
+    /// Where this view's parts are, for `from_layout`.
+    pub fn layout(&self) -> ViewLayout {
+        let base = self.bytes.as_ptr() as usize;
+        let span = |s: &[u8]| Span {
+            offset: s.as_ptr() as usize - base,
+            len: s.len(),
+        };
+        ViewLayout {
+            len: self.bytes.len(),
+            config: self.config,
+            metadata: self.metadata,
+            tokenizer: self.tokenizer,
+            chat_template: self.chat_template.map(|t| span(t.as_bytes())),
+            directory: span(self.directory),
+            strings: span(self.strings),
+            tensor_count: self.tensor_count,
+        }
+    }
+
+    /// Rebuilds, over `bytes`, the view `layout` was taken from: the same file's bytes, possibly at another
+    /// address. O(1) apart from re-checking the chat template's UTF-8: the length, alignment and every span
+    /// are checked (so bytes that changed cannot make a view index out of range, and tensor lookups stay
+    /// checked), but not the contents — `parse_with` is for bytes not validated before.
+    pub fn from_layout(bytes: &'a [u8], layout: &ViewLayout) -> Result<Self, FormatError> {
+        if bytes.len() != layout.len {
+            return Err(FormatError::FileSizeMismatch {
+                recorded: layout.len as u64,
+                actual: bytes.len() as u64,
+            });
+        }
+        if bytes.as_ptr() as usize % 4 != 0 {
+            return Err(FormatError::Misaligned);
+        }
+        let slice = |s: Span| {
+            s.offset
+                .checked_add(s.len)
+                .and_then(|end| bytes.get(s.offset..end))
+                .ok_or(FormatError::Truncated)
+        };
+        for s in [layout.metadata, layout.tokenizer].into_iter().flatten() {
+            slice(s)?;
+        }
+        let chat_template = match layout.chat_template {
+            Some(s) => Some(
+                core::str::from_utf8(slice(s)?).map_err(|_| FormatError::BadMetadata("chat template is not UTF-8"))?,
+            ),
+            None => None,
+        };
+        let directory = slice(layout.directory)?;
+        if directory.len() as u64 != u64::from(layout.tensor_count) * TENSOR_ENTRY_BYTES as u64 {
+            return Err(FormatError::Truncated);
+        }
+        Ok(ModelView {
+            bytes,
+            config: layout.config,
+            metadata: layout.metadata,
+            tokenizer: layout.tokenizer,
+            chat_template,
+            directory,
+            strings: slice(layout.strings)?,
+            tensor_count: layout.tensor_count,
+        })
     }
 
     fn raw_entry(&self, index: u32) -> Result<RawEntry, FormatError> {

@@ -46,6 +46,10 @@ pub enum RuntimeError {
     NoLogits,
     /// Buffer sizes overflow `usize` on this target.
     SizeOverflow,
+    /// An `OwnedModel`'s bytes no longer parse to the model it validated (a mapped file rewritten in place).
+    ModelChanged,
+    /// An `OwnedSession`'s arena storage now starts at another address (the carving depends on it).
+    ArenaMoved,
 }
 
 impl From<FormatError> for RuntimeError {
@@ -115,6 +119,8 @@ impl fmt::Display for RuntimeError {
             UnknownToken { token, vocab } => write!(f, "token id {token} is outside the vocabulary of {vocab}"),
             NoLogits => write!(f, "no logits yet: run a forward pass first"),
             SizeOverflow => write!(f, "buffer sizes overflow this target's address space"),
+            ModelChanged => write!(f, "the model's bytes changed since they were validated"),
+            ArenaMoved => write!(f, "the session's arena moved since the session was created"),
         }
     }
 }

@@ -7,6 +7,9 @@
 //! With the `std` feature: memory-mapped loading (`load`), threads (`SessionOptions::threads`), the embedded
 //! Hugging Face tokenizer with streaming-safe decoding and chat templates (`tokenizer`).
 //!
+//! `OwnedModel` and `OwnedSession` (`owned`) own their bytes and arena instead of borrowing them, for
+//! callers that keep models and sessions in handles (the C API in runtime/capi).
+//!
 //! Design notes, the arena formula and the KV-cache precision decision: runtime/README.md.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_code)]
@@ -18,6 +21,7 @@ pub mod kernels;
 pub mod load;
 pub mod model;
 pub mod ops;
+pub mod owned;
 mod parallel;
 pub mod sampling;
 pub mod session;
@@ -28,6 +32,7 @@ pub use arena::{required_arena_bytes, KvPrecision, SessionOptions};
 pub use error::RuntimeError;
 pub use kernels::Kernels;
 pub use model::{Layer, Model, MAX_LAYERS};
+pub use owned::{OwnedModel, OwnedSession};
 pub use parallel::MAX_THREADS;
 pub use sampling::{Rng, Sampler, SamplingParams};
 pub use session::{Logits, Session};

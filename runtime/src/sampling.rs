@@ -56,6 +56,10 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Self { state: seed }
     }
+    /// The generator's state: `Rng::new(r.state())` continues exactly where `r` is.
+    pub fn state(&self) -> u64 {
+        self.state
+    }
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
@@ -111,6 +115,13 @@ impl Sampler {
             params,
             rng: Rng::new(params.seed),
         }
+    }
+    /// A sampler that continues from a saved generator state (`Sampler::rng`).
+    pub fn with_rng(params: SamplingParams, rng: Rng) -> Self {
+        Self { params, rng }
+    }
+    pub fn rng(&self) -> Rng {
+        self.rng
     }
 
     /// Picks a token. `scratch` and `ids` need one entry per logit (the session passes arena buffers).

@@ -534,3 +534,25 @@ impl Attn {
         );
     }
 }
+
+/// The part of a session's state that is not in its arena: the next position and how many logit rows the
+/// last pass left. `OwnedSession` (owned.rs) carves its arena again for every call and restores this.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub pos: usize,
+    pub n_logits: usize,
+}
+
+impl Session<'_> {
+    pub(crate) fn cursor(&self) -> Cursor {
+        Cursor {
+            pos: self.pos,
+            n_logits: self.n_logits,
+        }
+    }
+    /// Restores a cursor taken from a session carved from the same arena with the same options.
+    pub(crate) fn restore(&mut self, c: Cursor) {
+        self.pos = c.pos.min(self.opts.max_context);
+        self.n_logits = c.n_logits.min(self.opts.max_batch);
+    }
+}

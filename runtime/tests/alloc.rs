@@ -6,61 +6,13 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
+use common::counting::{counted, Counting};
 use common::{build, tokens, Dense, Spec};
-use tern_format::{Architecture, ModelView, ScaleKind, TernaryLayout};
-use tern_runtime::{Logits, Model, Sampler, SamplingParams, Session, SessionOptions};
-
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-fn note() {
-    if COUNTING.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to the system allocator with the caller's arguments unchanged; counting
-// touches only an atomic and a `const`-initialised thread-local `Cell<bool>` (which never allocates).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use tern_format::{Architecture, ModelView, ParseOptions, ScaleKind, TernaryLayout};
+use tern_runtime::{Logits, Model, OwnedModel, OwnedSession, Sampler, SamplingParams, Session, SessionOptions};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn counted<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    let r = f();
-    COUNTING.with(|c| c.set(false));
-    (r, ALLOCATIONS.load(Ordering::Relaxed) - before)
-}
 
 #[test]
 fn counter_sees_allocations() {
@@ -111,4 +63,31 @@ fn inference_path_allocates_nothing() {
         result.unwrap();
         assert_eq!(n, 0, "{arch:?}: {n} heap allocations on the inference path");
     }
+}
+
+#[test]
+fn owned_session_calls_allocate_nothing() {
+    // `OwnedSession` re-parses the directory and re-carves the arena on every call: none of that allocates.
+    let spec = Spec::small(Architecture::Llama);
+    let model = OwnedModel::new(build(&spec, 4), ParseOptions::default()).unwrap();
+    let opts = SessionOptions::new(64, 8);
+    let arena = vec![0u8; model.arena_bytes(&opts).unwrap()];
+    let mut s = OwnedSession::new(&model, arena, opts).unwrap();
+    let prompt = tokens(13, spec.vocab, 5);
+    let mut sampler = Sampler::new(SamplingParams::default());
+    let mut logits = vec![0f32; spec.vocab as usize];
+    let (result, n) = counted(|| -> Result<u32, tern_runtime::RuntimeError> {
+        s.prefill(&prompt)?;
+        let mut tok = s.sample(&mut sampler)?;
+        for _ in 0..6 {
+            s.decode(tok)?;
+            s.copy_last_logits(&mut logits)?;
+            tok = s.sample(&mut sampler)?;
+        }
+        s.truncate(3);
+        s.decode(tok)?;
+        Ok(tok)
+    });
+    result.unwrap();
+    assert_eq!(n, 0, "{n} heap allocations through OwnedSession");
 }

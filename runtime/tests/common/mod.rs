@@ -3,6 +3,8 @@
 // Index loops mirror the formulas they check.
 #![allow(clippy::needless_range_loop)]
 
+pub mod counting;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tern_format::blocks::{int4_value, round_half_even, unpack_ternary2_row, unpack_ternary3_row};
