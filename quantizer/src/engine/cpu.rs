@@ -20,6 +20,7 @@ use super::error::{ensure, EngineResult};
 use super::layers::{attention, cross_entropy, embedding, kl_div, mlp, mse, rmsnorm, rope};
 use super::quant::{self, SoftState};
 use super::scalar::Float;
+use super::shapes::{check_attention_dims, check_groups, check_rope, rows_of, same_len};
 
 /// Below this many multiply-adds a GEMM runs on the calling thread: rayon's fork/join would cost more.
 const PARALLEL_GEMM_MIN_WORK: usize = 1 << 16;
@@ -109,19 +110,6 @@ pub(crate) unsafe fn gemm_strided<T: Float>(
     }
 }
 
-fn same_len(op: &'static str, what: &'static str, got: usize, want: usize) -> EngineResult<()> {
-    ensure(got == want, op, || {
-        format!("{what} has {got} elements, expected {want}")
-    })
-}
-
-fn rows_of(op: &'static str, what: &'static str, len: usize, cols: usize) -> EngineResult<usize> {
-    ensure(cols > 0 && len % cols == 0, op, || {
-        format!("{what} has {len} elements, not a multiple of {cols}")
-    })?;
-    Ok(len / cols)
-}
-
 fn loss_grad<'a, T: Float>(
     op: &'static str,
     grad: Option<LossGrad<'a, Vec<T>>>,
@@ -139,6 +127,7 @@ fn loss_grad<'a, T: Float>(
 impl<T: Float> Backend for CpuBackend<T> {
     type Elem = T;
     type Buf = Vec<T>;
+    type Ids = Vec<u32>;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -172,6 +161,20 @@ impl<T: Float> Backend for CpuBackend<T> {
             .zip(src.par_chunks(CHUNK))
             .for_each(|(d, s)| d.copy_from_slice(s));
         Ok(())
+    }
+
+    fn upload_ids(&self, ids: &[u32]) -> EngineResult<Vec<u32>> {
+        Ok(ids.to_vec())
+    }
+
+    fn write_ids(&self, dst: &mut Vec<u32>, ids: &[u32]) -> EngineResult<()> {
+        dst.clear();
+        dst.extend_from_slice(ids);
+        Ok(())
+    }
+
+    fn ids_len(&self, ids: &Vec<u32>) -> usize {
+        ids.len()
     }
 
     fn fill(&self, buf: &mut Vec<T>, value: T) -> EngineResult<()> {
@@ -285,7 +288,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         Ok(())
     }
 
-    fn embedding_forward(&self, out: &mut Vec<T>, table: &Vec<T>, tokens: &[u32], dim: usize) -> EngineResult<()> {
+    fn embedding_forward(&self, out: &mut Vec<T>, table: &Vec<T>, tokens: &Vec<u32>, dim: usize) -> EngineResult<()> {
         let vocab = rows_of("embedding_forward", "table", table.len(), dim)?;
         same_len("embedding_forward", "out", out.len(), tokens.len() * dim)?;
         embedding::check_tokens(tokens, vocab)?;
@@ -293,7 +296,13 @@ impl<T: Float> Backend for CpuBackend<T> {
         Ok(())
     }
 
-    fn embedding_backward(&self, dtable: &mut Vec<T>, dout: &Vec<T>, tokens: &[u32], dim: usize) -> EngineResult<()> {
+    fn embedding_backward(
+        &self,
+        dtable: &mut Vec<T>,
+        dout: &Vec<T>,
+        tokens: &Vec<u32>,
+        dim: usize,
+    ) -> EngineResult<()> {
         let vocab = rows_of("embedding_backward", "dtable", dtable.len(), dim)?;
         same_len("embedding_backward", "dout", dout.len(), tokens.len() * dim)?;
         embedding::check_tokens(tokens, vocab)?;
@@ -336,17 +345,7 @@ impl<T: Float> Backend for CpuBackend<T> {
     }
 
     fn rope(&self, x: &mut Vec<T>, table: &Vec<T>, dims: RopeDims, direction: RopeDirection) -> EngineResult<()> {
-        ensure(dims.head_dim % 2 == 0 && dims.seq_len > 0, "rope", || {
-            format!(
-                "head dim {} must be even and seq len {} positive",
-                dims.head_dim, dims.seq_len
-            )
-        })?;
-        let rows = rows_of("rope", "x", x.len(), dims.n_heads * dims.head_dim)?;
-        ensure(rows % dims.seq_len == 0, "rope", || {
-            format!("{rows} rows are not whole sequences of {}", dims.seq_len)
-        })?;
-        same_len("rope", "table", table.len(), dims.seq_len * dims.head_dim)?;
+        check_rope(x.len(), table.len(), &dims)?;
         rope::rope_cpu(x, table, dims, direction);
         Ok(())
     }
@@ -377,6 +376,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         dv: &mut Vec<T>,
         scratch: &mut Vec<T>,
         dout: &Vec<T>,
+        _out: &Vec<T>,
         q: &Vec<T>,
         k: &Vec<T>,
         v: &Vec<T>,
@@ -435,7 +435,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         losses: &mut Vec<T>,
         grad: Option<LossGrad<'_, Vec<T>>>,
         logits: &Vec<T>,
-        targets: &[u32],
+        targets: &Vec<u32>,
         vocab: usize,
     ) -> EngineResult<()> {
         let rows = rows_of("cross_entropy", "logits", logits.len(), vocab)?;
@@ -521,24 +521,4 @@ impl<T: Float> Backend for CpuBackend<T> {
             });
         Ok(())
     }
-}
-
-fn check_groups(op: &'static str, out: usize, w: usize, group_len: usize) -> EngineResult<()> {
-    same_len(op, "out", out, w)?;
-    ensure(group_len > 0 && w % group_len == 0, op, || {
-        format!("{w} weights are not whole scale groups of {group_len}")
-    })
-}
-
-fn check_attention_dims(d: &AttentionDims) -> EngineResult<()> {
-    ensure(
-        d.head_dim > 0 && d.n_kv_heads > 0 && d.n_heads % d.n_kv_heads == 0 && d.seq_len > 0,
-        "attention",
-        || {
-            format!(
-                "{} heads, {} KV heads, head dim {}, seq {}",
-                d.n_heads, d.n_kv_heads, d.head_dim, d.seq_len
-            )
-        },
-    )
 }

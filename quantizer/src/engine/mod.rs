@@ -2,7 +2,8 @@
 //! quantization-aware training (absmean ternary weights, optional int8 activations, straight-through
 //! gradients), AdamW, and a backend interface that a CUDA implementation can fill in.
 //!
-//! * [`backend`]: the [`Backend`] trait (storage + kernels); [`cpu`]: [`CpuBackend`] (rayon + `gemm`).
+//! * [`backend`]: the [`Backend`] trait (storage + kernels); [`cpu`]: [`CpuBackend`] (rayon + `gemm`);
+//!   `cuda` (feature `cuda`): `CudaBackend` (cuBLAS + NVRTC-compiled kernels, loaded at run time).
 //! * [`layers`]: one forward/backward pair per layer.
 //! * [`model`]: [`Transformer`], [`Parameters`], [`ParamLayout`], activation recomputation, memory accounting.
 //! * [`optim`]: [`AdamW`], learning-rate schedules, clipping.
@@ -12,6 +13,8 @@
 pub mod backend;
 pub mod block_model;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod layers;
 pub mod model;
@@ -19,6 +22,7 @@ pub mod optim;
 pub mod quant;
 pub mod rng;
 pub mod scalar;
+pub(crate) mod shapes;
 
 pub use backend::{
     AdamWParams, AttentionDims, Backend, GatedActivation, GemmSpec, LossGrad, RopeDims, RopeDirection, WriteMode,
@@ -26,6 +30,8 @@ pub use backend::{
 };
 pub use block_model::{BlockLayout, BlockLoss, BlockModel};
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::{CudaBackend, CudaError, CudaUnavailable, GemmPrecision};
 pub use error::{EngineError, EngineResult, NonFiniteSource};
 pub use layers::{ParamId, QuantScratch, Weights};
 pub use model::{

@@ -42,6 +42,8 @@ pub struct AttentionActivations<B: Backend> {
     pub q: B::Buf,
     pub k: B::Buf,
     pub v: B::Buf,
+    /// What the backend's attention saves for its backward ([`Backend::attention_saved_len`]): the
+    /// probabilities on the CPU, the log-sum-exp of each score row on CUDA.
     pub probs: B::Buf,
     /// Attention output before the sub-norm.
     pub attn: B::Buf,
@@ -59,7 +61,7 @@ impl<B: Backend> AttentionActivations<B> {
             q: backend.alloc(rows * d.q_dim())?,
             k: backend.alloc(rows * d.kv_dim())?,
             v: backend.alloc(rows * d.kv_dim())?,
-            probs: backend.alloc(d.probs_len())?,
+            probs: backend.alloc(backend.attention_saved_len(&d))?,
             attn: backend.alloc(rows * d.q_dim())?,
             sub_out: backend.alloc(if sub { rows * d.q_dim() } else { 0 })?,
             sub_rstd: backend.alloc(if sub { rows } else { 0 })?,
@@ -88,13 +90,14 @@ impl<B: Backend> AttentionScratch<B> {
             dv: backend.alloc(rows * d.kv_dim())?,
             d_attn: backend.alloc(rows * d.q_dim())?,
             d_sub: backend.alloc(if block.sub_norm.is_some() { rows * d.q_dim() } else { 0 })?,
-            d_scores: backend.alloc(d.probs_len())?,
+            d_scores: backend.alloc(backend.attention_scratch_len(&d))?,
         })
     }
 }
 
 impl SelfAttention {
-    /// Elements of [`AttentionActivations`], for memory accounting.
+    /// Elements of [`AttentionActivations`], for memory accounting (with the CPU's saved probabilities: a
+    /// flash-attention backend holds less).
     pub fn activation_elements(&self) -> usize {
         let d = self.dims;
         let sub = if self.sub_norm.is_some() {
@@ -238,6 +241,7 @@ impl SelfAttention {
             &mut scratch.dv,
             &mut scratch.d_scores,
             &scratch.d_attn,
+            &acts.attn,
             &acts.q,
             &acts.k,
             &acts.v,

@@ -19,14 +19,14 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    /// `tokens` were checked against the vocabulary when they were uploaded ([`check_tokens`]).
     pub fn forward<B: Backend>(
         &self,
         backend: &B,
         weights: &Weights<'_, B>,
-        tokens: &[u32],
+        tokens: &B::Ids,
         out: &mut B::Buf,
     ) -> EngineResult<()> {
-        check_tokens(tokens, self.vocab)?;
         backend.embedding_forward(out, weights.latent(self.table), tokens, self.dim)
     }
 
@@ -34,10 +34,9 @@ impl Embedding {
         &self,
         backend: &B,
         grads: &mut [B::Buf],
-        tokens: &[u32],
+        tokens: &B::Ids,
         dout: &B::Buf,
     ) -> EngineResult<()> {
-        check_tokens(tokens, self.vocab)?;
         backend.embedding_backward(&mut grads[self.table.0], dout, tokens, self.dim)
     }
 }
