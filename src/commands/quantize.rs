@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use tern_format::TernaryLayout;
 use tern_quantizer::data::DEFAULT_HELD_OUT_FRACTION;
 use tern_quantizer::engine::quant::schedule::{AnnealShape, TemperatureStyle};
-use tern_quantizer::engine::{CpuBackend, ScaleGroups};
+use tern_quantizer::engine::{Backend, CpuBackend, ScaleGroups};
 use tern_quantizer::hessian::{TraceConfig, TraceMethod};
 use tern_quantizer::ptq::{HeadFormat, PtqOptions, ScaleGranularity};
 use tern_quantizer::qat::blockwise::{BlockInputs, BlockwiseConfig, BlockwiseEvent};
@@ -434,9 +434,38 @@ pub fn recipe(args: &Args) -> anyhow::Result<Recipe> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.device == Device::Cuda {
-        bail!("CUDA backend not built yet: use --device cpu");
+    // The device comes first: without a usable GPU, `--device cuda` fails before anything is loaded or computed.
+    match args.device {
+        Device::Cpu => run_on(&CpuBackend::<f32>::new(), args),
+        Device::Cuda => run_on(&cuda_backend()?, args),
     }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_backend() -> anyhow::Result<tern_quantizer::engine::CudaBackend> {
+    let backend = tern_quantizer::engine::CudaBackend::new().context("--device cuda")?;
+    let i = backend.info();
+    eprintln!(
+        "CUDA: {} (compute capability {}.{}, {} multiprocessors, {:.1} GiB), kernels built for {} with NVRTC {}, {:?} \
+         matrix products",
+        i.name,
+        i.compute_capability.0,
+        i.compute_capability.1,
+        i.multiprocessors,
+        i.total_memory as f64 / (1u64 << 30) as f64,
+        i.kernel_arch,
+        i.nvrtc_version.map_or("?".into(), |(a, b)| format!("{a}.{b}")),
+        backend.gemm_precision()
+    );
+    Ok(backend)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_backend() -> anyhow::Result<CpuBackend<f32>> {
+    bail!("--device cuda: this tern was built without CUDA support (cargo feature `cuda`)")
+}
+
+fn run_on<B: Backend<Elem = f32>>(backend: &B, args: Args) -> anyhow::Result<()> {
     if let Some(k) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(k)
@@ -450,7 +479,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         s.push(".run");
         PathBuf::from(s)
     });
-    let backend = CpuBackend::<f32>::new();
     let debug = DebugOptions {
         nan_gradient_at_step: args.debug_nan_at_step,
         sleep_per_step: args.debug_sleep_ms.map(Duration::from_millis),
@@ -459,7 +487,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let interactive = std::io::stderr().is_terminal();
     let mut ui = Ui::new(interactive);
     let outcome = run_recipe(
-        &backend,
+        backend,
         &src,
         &recipe,
         &args.output,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{latest_checkpoint, list_checkpoints};
 use crate::data::{document_separator, tokenize_files, PackedData};
-use crate::engine::{CpuBackend, ParamLayout, ScaleGroups, WeightQuantizer};
+use crate::engine::{Backend, ParamLayout, ScaleGroups, WeightQuantizer};
 use crate::hessian::{
     calibration_batches, compute_traces, temperature_scales, HessianError, TemperatureScaleOptions, TraceConfig,
     TraceTable,
@@ -266,8 +266,8 @@ pub fn prepare_data(
 
 /// Hestia's traces (computed once and kept as `RUN_DIR/traces.csv`, or read from a file) and the temperature
 /// scales they give.
-fn traces_and_scales(
-    backend: &CpuBackend<f32>,
+fn traces_and_scales<B: Backend<Elem = f32>>(
+    backend: &B,
     src: &SourceModel,
     recipe: &Recipe,
     data: &PackedData,
@@ -335,8 +335,8 @@ fn finished_stage(stage: &Stage, dir: &Path, layers: usize) -> Result<Option<Vec
 
 /// Runs `recipe` on `src`, writing the ternary model to `output` and everything else into `run_dir`.
 #[allow(clippy::too_many_arguments)]
-pub fn run_recipe(
-    backend: &CpuBackend<f32>,
+pub fn run_recipe<B: Backend<Elem = f32>>(
+    backend: &B,
     src: &SourceModel,
     recipe: &Recipe,
     output: &Path,

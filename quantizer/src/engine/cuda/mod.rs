@@ -54,12 +54,19 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// Why the CUDA backend could not start or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
+    // Not a `#[source]`: the message already holds the reason, which error chains would print twice.
     #[error("CUDA is not available: {0}")]
-    Unavailable(#[from] CudaUnavailable),
+    Unavailable(CudaUnavailable),
     #[error(transparent)]
     Compile(#[from] CompileFailure),
     #[error("CUDA {op} failed: {detail}")]
     Call { op: &'static str, detail: String },
+}
+
+impl From<CudaUnavailable> for CudaError {
+    fn from(e: CudaUnavailable) -> Self {
+        Self::Unavailable(e)
+    }
 }
 
 impl From<CudaError> for EngineError {
