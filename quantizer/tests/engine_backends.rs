@@ -41,6 +41,7 @@ impl Tol {
         gemm: 2e-5,
         model: 1e-4,
     };
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     const TF32: Tol = Tol {
         ops: 2e-5,
         gemm: 5e-3,
