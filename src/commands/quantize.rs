@@ -437,31 +437,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // The device comes first: without a usable GPU, `--device cuda` fails before anything is loaded or computed.
     match args.device {
         Device::Cpu => run_on(&CpuBackend::<f32>::new(), args),
-        Device::Cuda => run_on(&cuda_backend()?, args),
+        Device::Cuda => run_on(&cuda_backend_with_info()?.0, args),
     }
 }
 
+/// The CUDA backend (TF32 matrix products), with what it runs on logged and as JSON.
 #[cfg(feature = "cuda")]
-fn cuda_backend() -> anyhow::Result<tern_quantizer::engine::CudaBackend> {
+pub fn cuda_backend_with_info() -> anyhow::Result<(tern_quantizer::engine::CudaBackend, serde_json::Value)> {
     let backend = tern_quantizer::engine::CudaBackend::new().context("--device cuda")?;
     let i = backend.info();
+    let nvrtc = i.nvrtc_version.map_or("?".into(), |(a, b)| format!("{a}.{b}"));
     eprintln!(
-        "CUDA: {} (compute capability {}.{}, {} multiprocessors, {:.1} GiB), kernels built for {} with NVRTC {}, {:?} \
-         matrix products",
+        "CUDA: {} (compute capability {}.{}, {} multiprocessors, {:.1} GiB), kernels built for {} with NVRTC {nvrtc}, \
+         {:?} matrix products",
         i.name,
         i.compute_capability.0,
         i.compute_capability.1,
         i.multiprocessors,
         i.total_memory as f64 / (1u64 << 30) as f64,
         i.kernel_arch,
-        i.nvrtc_version.map_or("?".into(), |(a, b)| format!("{a}.{b}")),
         backend.gemm_precision()
     );
-    Ok(backend)
+    let info = serde_json::json!({
+        "name": i.name,
+        "compute_capability": format!("{}.{}", i.compute_capability.0, i.compute_capability.1),
+        "multiprocessors": i.multiprocessors,
+        "memory_bytes": i.total_memory,
+        "kernel_arch": i.kernel_arch,
+        "nvrtc": nvrtc,
+        "driver_version": i.probe.driver_version,
+        "gemm": format!("{:?}", backend.gemm_precision()),
+    });
+    Ok((backend, info))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_backend() -> anyhow::Result<CpuBackend<f32>> {
+pub fn cuda_backend_with_info() -> anyhow::Result<(CpuBackend<f32>, serde_json::Value)> {
     bail!("--device cuda: this tern was built without CUDA support (cargo feature `cuda`)")
 }
 
