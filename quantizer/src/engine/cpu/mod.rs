@@ -1,4 +1,7 @@
 //! CPU backend: `Vec<T>` buffers, rayon for the elementwise/row kernels, the `gemm` crate for matrix products.
+//! Every CPU kernel lives in this folder, one file per kernel family, generic over `f32`/`f64` so the gradient
+//! checks run the same code in double precision; the layers (`engine/layers/`) only describe the math and call
+//! the [`Backend`].
 //!
 //! Why `gemm` rather than `matrixmultiply`: measured on this machine (2 Zen 4 cores at 2.445 GHz, AVX2/FMA
 //! exposed, so a core's f32 peak is 2 FMA pipes × 8 lanes × 2 flops × 2.445 GHz = 78 GFLOP/s) on the
@@ -9,6 +12,16 @@
 //! `examples/gemm_gflops.rs` measures the engine's own `matmul` (wall clock and per CPU-second, since the
 //! machine is shared).
 
+mod attention;
+mod cross_entropy;
+mod embedding;
+mod kl_div;
+mod mlp;
+pub mod mse;
+mod quant;
+mod rmsnorm;
+mod rope;
+
 use std::marker::PhantomData;
 
 use rayon::prelude::*;
@@ -17,8 +30,7 @@ use super::backend::{
     AdamWParams, AttentionDims, Backend, GatedActivation, GemmSpec, LossGrad, RopeDims, RopeDirection, WriteMode,
 };
 use super::error::{ensure, EngineResult};
-use super::layers::{attention, cross_entropy, embedding, kl_div, mlp, mse, rmsnorm, rope};
-use super::quant::{self, SoftState};
+use super::quant::SoftState;
 use super::scalar::Float;
 use super::shapes::{check_attention_dims, check_groups, check_rope, rows_of, same_len};
 
@@ -251,7 +263,7 @@ impl<T: Float> Backend for CpuBackend<T> {
 
     fn quantize_ternary_hard(&self, out: &mut Vec<T>, w: &Vec<T>, group_len: usize) -> EngineResult<()> {
         check_groups("quantize_ternary_hard", out.len(), w.len(), group_len)?;
-        quant::hard::quantize_cpu(out, w, group_len);
+        quant::quantize_ternary_hard_cpu(out, w, group_len);
         Ok(())
     }
 
@@ -264,7 +276,7 @@ impl<T: Float> Backend for CpuBackend<T> {
     ) -> EngineResult<()> {
         check_groups("quantize_ternary_soft", out.len(), w.len(), group_len)?;
         state.validate()?;
-        quant::soft::forward_cpu(out, w, group_len, state.temperature, state.pressure);
+        quant::soft_forward_cpu(out, w, group_len, state.temperature, state.pressure);
         Ok(())
     }
 
@@ -277,21 +289,21 @@ impl<T: Float> Backend for CpuBackend<T> {
     ) -> EngineResult<()> {
         check_groups("quantize_ternary_soft_backward", grad.len(), w.len(), group_len)?;
         state.validate()?;
-        quant::soft::backward_cpu(grad, w, group_len, state.temperature, state.pressure);
+        quant::soft_backward_cpu(grad, w, group_len, state.temperature, state.pressure);
         Ok(())
     }
 
     fn fake_quantize_int8_rows(&self, out: &mut Vec<T>, x: &Vec<T>, cols: usize) -> EngineResult<()> {
         rows_of("fake_quantize_int8_rows", "x", x.len(), cols)?;
         same_len("fake_quantize_int8_rows", "out", out.len(), x.len())?;
-        quant::hard::quantize_int8_rows_cpu(out, x, cols);
+        quant::quantize_int8_rows_cpu(out, x, cols);
         Ok(())
     }
 
     fn embedding_forward(&self, out: &mut Vec<T>, table: &Vec<T>, tokens: &Vec<u32>, dim: usize) -> EngineResult<()> {
         let vocab = rows_of("embedding_forward", "table", table.len(), dim)?;
         same_len("embedding_forward", "out", out.len(), tokens.len() * dim)?;
-        embedding::check_tokens(tokens, vocab)?;
+        super::layers::embedding::check_tokens(tokens, vocab)?;
         embedding::forward_cpu(out, table, tokens, dim);
         Ok(())
     }
@@ -305,7 +317,7 @@ impl<T: Float> Backend for CpuBackend<T> {
     ) -> EngineResult<()> {
         let vocab = rows_of("embedding_backward", "dtable", dtable.len(), dim)?;
         same_len("embedding_backward", "dout", dout.len(), tokens.len() * dim)?;
-        embedding::check_tokens(tokens, vocab)?;
+        super::layers::embedding::check_tokens(tokens, vocab)?;
         embedding::backward_cpu(dtable, dout, tokens, dim);
         Ok(())
     }
