@@ -64,7 +64,7 @@ fn failure(name: &str, arch: &str, code: sys::nvrtcResult, log: String) -> Compi
     }
 }
 
-/// NVRTC's version, `(major, minor)`. The library must have been found by [`super::probe`] or
+/// NVRTC's version, `(major, minor)`. The library must have been found by [`super::probe()`] or
 /// [`super::probe_nvrtc`] first.
 pub fn nvrtc_version() -> Option<(i32, i32)> {
     let (mut major, mut minor) = (0, 0);

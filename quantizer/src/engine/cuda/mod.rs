@@ -2,7 +2,7 @@
 //! selectable), and CUDA C kernels for everything else (`kernels/*.cu`, compiled at run time with NVRTC for the
 //! device's architecture; see [`compile`]). Master weights, gradients and AdamW moments are all f32.
 //!
-//! Before any cudarc call, [`CudaBackend::new`] runs [`probe`]: on a machine without the driver, NVRTC, cuBLAS
+//! Before any cudarc call, [`CudaBackend::new`] runs [`probe()`]: on a machine without the driver, NVRTC, cuBLAS
 //! or a device it returns [`CudaError::Unavailable`] (cudarc itself would panic). Every kernel runs on one
 //! stream, in order; the host synchronises only to download (losses, the gradient norm, checkpoints).
 //!
