@@ -462,6 +462,12 @@ impl CudaBackend {
     ) -> EngineResult<()> {
         let groups = w.len / group_len;
         let chunks = group_len.div_ceil(GROUP_CHUNK);
+        ensure(chunks <= 65_535, "weight quantizer", || {
+            format!(
+                "a scale group of {group_len} weights exceeds the CUDA kernels' {} per group",
+                65_535 * GROUP_CHUNK
+            )
+        })?;
         let base = self.ptr(&s.f64s);
         let partial = base; // [groups·chunks] at the start of the f64 scratch
         let means = base + (means_at * 8) as u64;
@@ -474,9 +480,10 @@ impl CudaBackend {
             self.launch(
                 "group_partial",
                 &self.kernels.group_partial,
+                // Groups on x (up to 2^31), chunks on y (at most 65535: groups of up to 2^30 weights).
                 (
-                    to_u32("group_partial", "chunks", chunks)?,
                     to_u32("group_partial", "groups", groups)?,
+                    to_u32("group_partial", "chunks", chunks)?,
                     1,
                 ),
                 BLOCK,
@@ -973,15 +980,15 @@ impl Backend for CudaBackend {
         if tokens.segments == 0 {
             return Ok(());
         }
-        // SAFETY: embedding_bwd(dtable, dout, order, seg_start, seg_id, dim, vocab), grid (column bands,
-        // segments): order has rows entries < rows, seg_start segments + 1, seg_id segments.
+        // SAFETY: embedding_bwd(dtable, dout, order, seg_start, seg_id, dim, vocab), grid (segments, column
+        // bands): order has rows entries < rows, seg_start segments + 1, seg_id segments.
         unsafe {
             self.launch(
                 "embedding_backward",
                 &self.kernels.embedding_bwd,
                 (
-                    to_u32("embedding_backward", "dim", dim.div_ceil(BLOCK as usize))?,
                     to_u32("embedding_backward", "segments", tokens.segments)?,
+                    to_u32("embedding_backward", "dim", dim.div_ceil(BLOCK as usize))?,
                     1,
                 ),
                 BLOCK,

@@ -14,12 +14,12 @@ extern "C" __global__ void embedding_fwd(float* __restrict__ out, const float* _
     }
 }
 
-// grid (ceil(dim/blockDim), segments)
+// grid (segments, ceil(dim/blockDim)): segments on x, which allows 2^31 of them
 extern "C" __global__ void embedding_bwd(float* __restrict__ dtable, const float* __restrict__ dout,
                                          const u32* __restrict__ order, const u32* __restrict__ seg_start,
                                          const u32* __restrict__ seg_id, u32 dim, u32 vocab) {
-    const u32 c = blockIdx.x * blockDim.x + threadIdx.x;
-    const u32 s = blockIdx.y;
+    const u32 s = blockIdx.x;
+    const u32 c = blockIdx.y * blockDim.x + threadIdx.x;
     const u32 id = seg_id[s];
     if (c >= dim || id >= vocab) return;
     float* dst = dtable + (u64)id * dim + c;

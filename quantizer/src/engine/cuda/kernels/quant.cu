@@ -1,7 +1,7 @@
 // Weight quantizers (engine/quant/{hard,soft}.rs, formula for formula) and int8 activation fake quantization.
 //
 // Scale groups are runs of `group_len` weights. A group's sums are computed in f64 in two deterministic passes:
-// `group_partial` (grid (chunks_per_group, groups): one partial per chunk of `chunk_len` weights) and
+// `group_partial` (grid (groups, chunks_per_group): one partial per chunk of `chunk_len` weights) and
 // `group_finish` (one thread per group: the partials in order, divided by group_len).
 
 #define QUANT_EPS 1e-5
@@ -13,7 +13,7 @@ extern "C" __global__ void group_partial(const float* __restrict__ w, const floa
                                          const double* __restrict__ mean, u64 group_len, u64 chunk_len,
                                          u32 chunks_per_group, float temperature, u32 mode,
                                          double* __restrict__ partial) {
-    const u32 chunk = blockIdx.x, group = blockIdx.y;
+    const u32 group = blockIdx.x, chunk = blockIdx.y;
     const u64 base = (u64)group * group_len;
     const u64 c0 = (u64)chunk * chunk_len;
     const u64 c1 = min(group_len, c0 + chunk_len);
