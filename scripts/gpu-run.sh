@@ -13,7 +13,9 @@
 #
 # Recipe (stage 3), set through the environment (defaults in brackets):
 #   TERN_GPU_METHOD [hestia]  TERN_GPU_RECIPE [e2e]  TERN_GPU_BATCH [16]  TERN_GPU_SEQ [512]  TERN_GPU_LR [5e-4]
-#   TERN_GPU_STEPS [as many as the time left allows]  TERN_GPU_DATA [wiki.txt]  TERN_GPU_ARGS [extra arguments]
+#   TERN_GPU_STEPS [as many as the time left allows, at most TERN_GPU_MAX_STEPS = 600: wiki.txt holds ~0.6M
+#   tokens, so 600 steps of 16 × 512 already pass over it ~8 times]  TERN_GPU_DATA [wiki.txt]
+#   TERN_GPU_ARGS [extra arguments, e.g. "--distill 1 --schedule wsd"]
 #   TERN_GPU_BUDGET_S [450: the whole script's wall-clock budget, stage 3 included]
 # Stage 2's shape: TERN_BENCH_BATCH [8]  TERN_BENCH_SEQ [512].
 #
@@ -114,6 +116,7 @@ except Exception:
 print(max(20, int((left - 100) / (step * 1.15))))
 PY
 )
+            STEPS=$(( STEPS < ${TERN_GPU_MAX_STEPS:-600} ? STEPS : ${TERN_GPU_MAX_STEPS:-600} ))
         fi
         log "stage 3: tern quantize --device cuda, $STEPS steps of $BATCH × $SEQ tokens ($(left) s left)"
         # shellcheck disable=SC2086
