@@ -205,3 +205,46 @@ fn temperature_chart(path: &Path, records: &[MetricsRecord]) -> anyhow::Result<(
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// The Pareto frontier of mixed precision: least total sensitivity (Σ Ω) against the file's linear-weight bytes,
+/// with the chosen assignment marked.
+pub fn frontier_chart(path: &Path, frontier: &[(u64, f64)], chosen_bytes: u64) -> anyhow::Result<()> {
+    let pts: Vec<(f64, f64)> = frontier
+        .iter()
+        .filter(|p| p.1.is_finite() && p.1 > 0.0)
+        .map(|&(b, s)| (b as f64 / 1e6, s.log10()))
+        .collect();
+    let (x0, x1) = range(pts.iter().map(|p| p.0)).context("empty frontier")?;
+    let (y0, y1) = range(pts.iter().map(|p| p.1)).context("empty frontier")?;
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "mixed precision: sensitivity vs size (Pareto frontier)",
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("file size, MB")
+        .y_desc("log10 Σ Ω")
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(pts.iter().copied(), BLUE.stroke_width(2)))
+        .map_err(|e| err(&e))?;
+    let x = chosen_bytes as f64 / 1e6;
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(x, y0), (x, y1)],
+            RED.stroke_width(1),
+        )))
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

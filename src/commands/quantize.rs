@@ -9,12 +9,15 @@ use anyhow::{bail, Context};
 use tern_format::TernaryLayout;
 use tern_quantizer::data::DEFAULT_HELD_OUT_FRACTION;
 use tern_quantizer::engine::quant::schedule::{AnnealShape, TemperatureStyle};
-use tern_quantizer::engine::{CpuBackend, ScaleGroups};
+use tern_quantizer::engine::{CpuBackend, LinearPrecision, ScaleGroups};
+use tern_quantizer::hessian::mixed::Budget;
 use tern_quantizer::hessian::{TraceConfig, TraceMethod};
 use tern_quantizer::ptq::{HeadFormat, PtqOptions, ScaleGranularity};
 use tern_quantizer::qat::blockwise::{BlockInputs, BlockwiseConfig, BlockwiseEvent};
 use tern_quantizer::qat::hestia::HestiaOptions;
-use tern_quantizer::qat::pipeline::{run_recipe, DataSpec, Method, PipelineEvent, Recipe, Stage, TraceSource};
+use tern_quantizer::qat::pipeline::{
+    run_recipe, DataSpec, Method, MixedSpec, PipelineEvent, Recipe, Stage, TraceSource,
+};
 use tern_quantizer::teacher::TeacherDataOptions;
 use tern_quantizer::train::{DebugOptions, ScheduleKind, TrainConfig, TrainEvent};
 use tern_quantizer::SourceModel;
@@ -207,6 +210,18 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub trace_batches: usize,
 
+    // ---- Hessian-aware mixed precision ----
+    /// Keep the most sensitive linear weights at int4/int8 within this file size: +5% (of the all-ternary file),
+    /// 60MB, 57000000 (bytes) or 2.5bpw (over the linear weights). Needs Hessian traces.
+    #[arg(long, value_parser = Budget::parse)]
+    pub budget: Option<Budget>,
+    /// Group size of the int4 option of --budget.
+    #[arg(long, default_value_t = 32)]
+    pub int4_group: u32,
+    /// Control experiment for --budget: a random assignment of the same size (from this seed).
+    #[arg(long, value_name = "SEED", requires = "budget")]
+    pub random_assignment: Option<u64>,
+
     // ---- operation ----
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
@@ -364,6 +379,7 @@ pub fn recipe(args: &Args) -> anyhow::Result<Recipe> {
         quantizer,
         scale_groups: groups,
         hestia: hestia_opt,
+        precisions: Vec::new(),
         seed: args.seed,
         checkpoint_every: args.checkpoint_every,
         keep_checkpoints: args.keep_checkpoints,
@@ -384,10 +400,11 @@ pub fn recipe(args: &Args) -> anyhow::Result<Recipe> {
             args.method
         );
     }
-    let traces = match (&args.traces, args.alpha == 0.0) {
-        (_, true) => TraceSource::None,
-        (Some(p), false) => TraceSource::File(p.clone()),
-        (None, false) => TraceSource::Compute(TraceConfig {
+    let needs_traces = (method == Method::Hestia && args.alpha != 0.0) || args.budget.is_some();
+    let traces = match (&args.traces, needs_traces) {
+        (_, false) => TraceSource::None,
+        (Some(p), true) => TraceSource::File(p.clone()),
+        (None, true) => TraceSource::Compute(TraceConfig {
             method: match args.trace_method {
                 TraceMethodArg::Hutchinson => TraceMethod::Hutchinson { probes: args.probes },
                 TraceMethodArg::Hutchpp => TraceMethod::HutchPlusPlus {
@@ -430,6 +447,11 @@ pub fn recipe(args: &Args) -> anyhow::Result<Recipe> {
             head: args.head,
         },
         metadata: Vec::new(),
+        mixed: args.budget.map(|budget| MixedSpec {
+            budget,
+            int4_group: args.int4_group,
+            random_seed: args.random_assignment,
+        }),
     })
 }
 
@@ -458,6 +480,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let interactive = std::io::stderr().is_terminal();
     let mut ui = Ui::new(interactive);
+    ui.run_dir = Some(run_dir.clone());
     let outcome = run_recipe(
         &backend,
         &src,
@@ -522,6 +545,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// Progress bars and log lines for the pipeline's events.
 struct Ui {
     interactive: bool,
+    run_dir: Option<PathBuf>,
     bar: Option<indicatif::ProgressBar>,
     tokens_per_s_ema: Option<f64>,
     total_steps: u64,
@@ -531,6 +555,7 @@ impl Ui {
     fn new(interactive: bool) -> Self {
         Self {
             interactive,
+            run_dir: None,
             bar: None,
             tokens_per_s_ema: None,
             total_steps: 0,
@@ -607,6 +632,37 @@ impl Ui {
                     dir.display(),
                     if skipped { " (finished earlier, skipped)" } else { "" }
                 ));
+            }
+            PipelineEvent::MixedPrecision {
+                precisions,
+                bytes,
+                ternary_bytes,
+                frontier,
+            } => {
+                self.finish();
+                let int8 = precisions
+                    .iter()
+                    .filter(|(_, p)| matches!(p, LinearPrecision::Int8))
+                    .count();
+                self.log(format!(
+                    "mixed precision: {} tensors above ternary ({int8} int8, {} int4); file {bytes} bytes vs \
+                     {ternary_bytes} all-ternary (+{:.1}%)",
+                    precisions.len(),
+                    precisions.len() - int8,
+                    100.0 * (bytes as f64 / ternary_bytes.max(1) as f64 - 1.0)
+                ));
+                for (name, p) in precisions.iter() {
+                    self.log(format!("  {name}: {p:?}"));
+                }
+                if let Some(dir) = &self.run_dir {
+                    let path = dir.join("frontier.svg");
+                    // The frontier is over the linear weights; shift it by the rest of the file.
+                    let rest = ternary_bytes.saturating_sub(frontier.first().map_or(0, |f| f.0));
+                    let file: Vec<(u64, f64)> = frontier.iter().map(|&(b, s)| (b + rest, s)).collect();
+                    if let Err(e) = crate::commands::plot::frontier_chart(&path, &file, bytes) {
+                        self.log(format!("warning: drawing {}: {e:#}", path.display()));
+                    }
+                }
             }
             PipelineEvent::Train(t) => self.train_event(t),
             PipelineEvent::Blockwise(b) => self.block_event(b),

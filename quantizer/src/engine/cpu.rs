@@ -18,7 +18,7 @@ use super::backend::{
 };
 use super::error::{ensure, EngineResult};
 use super::layers::{attention, cross_entropy, embedding, kl_div, mlp, mse, rmsnorm, rope};
-use super::quant::{self, SoftState};
+use super::quant::{self, LinearPrecision, SoftState};
 use super::scalar::Float;
 
 /// Below this many multiply-adds a GEMM runs on the calling thread: rayon's fork/join would cost more.
@@ -275,6 +275,22 @@ impl<T: Float> Backend for CpuBackend<T> {
         check_groups("quantize_ternary_soft_backward", grad.len(), w.len(), group_len)?;
         state.validate()?;
         quant::soft::backward_cpu(grad, w, group_len, state.temperature, state.pressure);
+        Ok(())
+    }
+
+    fn quantize_weight_integer(
+        &self,
+        out: &mut Vec<T>,
+        w: &Vec<T>,
+        cols: usize,
+        precision: LinearPrecision,
+    ) -> EngineResult<()> {
+        rows_of("quantize_weight_integer", "w", w.len(), cols)?;
+        same_len("quantize_weight_integer", "out", out.len(), w.len())?;
+        if let LinearPrecision::Int4 { group } = precision {
+            ensure(group > 0, "quantize_weight_integer", || "int4 group 0".into())?;
+        }
+        quant::integer::quantize_cpu(out, w, cols, precision);
         Ok(())
     }
 

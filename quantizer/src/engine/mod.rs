@@ -33,6 +33,6 @@ pub use model::{
     ParamLayout, ParamSpec, Parameters, QuantConfig, Recompute, StepReport, Transformer,
 };
 pub use optim::{global_grad_norm, AdamW, AdamWConfig, DecayShape, LrSchedule, OptimStepReport};
-pub use quant::{ScaleGroups, SoftState, WeightQuantizer};
+pub use quant::{LinearPrecision, ScaleGroups, SoftState, WeightQuantizer};
 pub use rng::SplitMix64;
 pub use scalar::Float;
