@@ -206,7 +206,8 @@ fn bf16_gemm_matches_f64_reference_on_ragged_sizes_and_all_transposes() {
         }
     }
     // One dimension 577 (several k chunks, many tiles, a ragged last tile) with all four transposes.
-    for (m, n, k) in [(577, 33, 17), (31, 577, 64), (17, 100, 577), (100, 64, 577)] {
+    // And 1100×1200: more than 64 row panels, split over several tasks.
+    for (m, n, k) in [(577, 33, 17), (31, 577, 64), (17, 100, 577), (100, 64, 577), (1100, 1200, 40)] {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             let label = format!("{m}×{n}×{k} ta={ta} tb={tb}");
             let ulps = check_case(
@@ -323,8 +324,14 @@ fn bf16_gemm_is_bit_identical_on_1_2_and_3_threads() {
         return;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(4);
-    // Large enough for several output blocks and k chunks; ragged in every dimension.
-    for (m, n, k, ta, tb) in [(300, 577, 200, false, true), (129, 260, 1100, true, false)] {
+    // Large enough for several tasks and k chunks, ragged in every dimension; either operand the larger (it is
+    // the one the tasks pack chunk by chunk), and more than 64 panels of the other (split over tasks too).
+    for (m, n, k, ta, tb) in [
+        (300, 577, 200, false, true),
+        (129, 260, 1100, true, false),
+        (577, 130, 700, false, false),
+        (1100, 1200, 40, true, true),
+    ] {
         let (lv, rv, dv) = (View::dense(m, k, ta), View::dense(k, n, tb), View::dense(m, n, false));
         let (lhs, rhs) = (random(lv.extent(), &mut rng), random(rv.extent(), &mut rng));
         let start = random(m * n, &mut rng);

@@ -1,13 +1,17 @@
 //! AMX-BF16 GEMM: bf16 tiles packed from f32 ([`super::pack`]), `TDPBF16PS` accumulating 16×16 f32 tiles.
 //!
-//! Blocking: both operands are packed whole (A as 16-row panels, B as 16-column panels, each a run of 1 KiB
-//! tiles along `k`), then the output is cut into blocks of [`BLOCK_PANELS`]² tiles, one rayon task each. A task
-//! walks `k` in chunks of at most [`MAX_CHUNK_STEPS`] tile steps and, per chunk, every 2×2 group of output
-//! tiles: the micro-kernel keeps the four accumulators and two A and two B tiles in the eight tile registers
-//! (`tmm0..3` accumulators, `tmm4/5` A, `tmm6/7` B), so each loaded tile feeds two products. Between chunks the
-//! accumulators go through an f32 scratch exactly (tile stores and loads do not round), so every output is one
-//! f32 accumulation over all of `k` in increasing order, then `dst = (accumulate ? dst : 0) + scale · acc`.
-//! No task splits `k`, so the result does not depend on the number of threads.
+//! Blocking: the smaller operand is packed whole up front (A as 16-row panels, B as 16-column panels, each a
+//! run of 1 KiB tiles along `k`); the output is cut into tasks of up to [`BLOCK_PANELS`] panels of the larger
+//! operand (and up to [`MAX_TASK_FIXED_PANELS`] of the other), one rayon task each, and each task packs its own
+//! panels of the larger operand chunk by chunk of `k` (at most [`MAX_CHUNK_STEPS`] tile steps), so that chunk
+//! is packed once and stays in L2 while it is used. Per chunk the task runs every 2×2 group of output tiles,
+//! 128×128 outputs at a time: the micro-kernel keeps the four accumulators and two A and two B tiles in the
+//! eight tile registers (`tmm0..3` accumulators, `tmm4/5` A, `tmm6/7` B), so each loaded tile feeds two
+//! products. Between chunks the accumulators go through an f32 scratch exactly (tile stores and loads do not
+//! round), so every output is one f32 accumulation over all of `k` in increasing order, then
+//! `dst = (accumulate ? dst : 0) + scale · acc` (whole tiles stored straight from the registers when that is
+//! a plain overwrite). Chunks depend on `k` only and no task splits `k`, so the result does not depend on the
+//! number of threads or on how the tasks are cut.
 //!
 //! Tile instructions are emitted with `asm!` (their intrinsics are unstable); the compiler never uses the tile
 //! registers, so their contents persist between the asm blocks of one thread, which [`TileSession`] brackets.
@@ -15,17 +19,17 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
-use std::mem::MaybeUninit;
 use std::sync::OnceLock;
+use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
 use super::pack::{self, Source, Tile, TILE_K, TILE_ROWS};
 use crate::engine::layers::embedding::SendPtr;
 
-/// Output tiles per block side: a task computes up to 8×8 tiles (128×128 outputs).
+/// Panels of the streamed operand per task at most, and of either operand per block of outputs (128×128).
 const BLOCK_PANELS: usize = 8;
-/// Tile steps of `k` (32 each) per chunk: two B tiles per step stay in L1 across a block's rows of tiles.
+/// Tile steps of `k` (32 each) per chunk: a pair of panels of one chunk (32 KiB) stays in L1 over a block.
 const MAX_CHUNK_STEPS: usize = 16;
 /// Bytes per tile row (the stride of every tile load and store).
 const TILE_STRIDE: usize = 64;
@@ -123,24 +127,26 @@ impl Drop for TileSession {
 #[repr(C, align(64))]
 struct AccTile([f32; TILE_ROWS * TILE_ROWS]);
 
-/// Emits one micro-kernel: accumulators loaded from `c` (when `load`) or zeroed, `steps` steps of the body,
-/// accumulators stored to `c`. `c` holds four consecutive tiles `(r0, c0), (r0, c1), (r1, c0), (r1, c1)`; a
-/// variant with one row or one column of tiles leaves the others untouched.
+/// Emits one micro-kernel: accumulators loaded from `acc` (when not null) or zeroed, then `steps` steps of the
+/// body; the results stay in the accumulator registers for [`store_result`]. `acc` holds four consecutive tiles
+/// `(r0, c0), (r0, c1), (r1, c0), (r1, c1)` (registers `tmm0..3`); a variant with one row or one column of
+/// tiles uses only its own.
 macro_rules! micro_kernel {
     ($(#[$doc:meta])* $name:ident, load: [$($load:literal),*], zero: [$($zero:literal),*],
-     body: [$($body:literal),*], store: [$($store:literal),*]) => {
+     body: [$($body:literal),*]) => {
         $(#[$doc])*
         ///
         /// # Safety
         /// A [`TileSession`] is active on this thread; `steps ≥ 1`; `a0`, `a1`, `b0`, `b1` point to `steps`
-        /// consecutive tiles each (those the variant reads); `c` to four writable accumulator tiles.
+        /// consecutive tiles each (those the variant reads); `acc` is null or points to four accumulator tiles
+        /// holding the variant's partial sums.
         #[inline]
         unsafe fn $name(a0: *const Tile, a1: *const Tile, b0: *const Tile, b1: *const Tile, steps: usize,
-                        c: *mut AccTile, load: bool) {
+                        acc: *const AccTile) {
             // SAFETY: the caller's contract; every tile access is a 16 × 64-byte block with stride 64.
             unsafe {
                 asm!(
-                    "test {load}, {load}",
+                    "test {acc}, {acc}",
                     "jz 2f",
                     $($load,)*
                     "jmp 3f",
@@ -154,16 +160,14 @@ macro_rules! micro_kernel {
                     "add {b1}, 1024",
                     "dec {steps}",
                     "jnz 3b",
-                    $($store,)*
                     a0 = inout(reg) a0 => _,
                     a1 = inout(reg) a1 => _,
                     b0 = inout(reg) b0 => _,
                     b1 = inout(reg) b1 => _,
                     steps = inout(reg) steps => _,
-                    c = in(reg) c,
-                    load = in(reg_byte) load as u8,
+                    acc = in(reg) acc,
                     stride = in(reg) TILE_STRIDE,
-                    options(nostack),
+                    options(nostack, readonly),
                 );
             }
         }
@@ -174,10 +178,10 @@ micro_kernel!(
     /// Two row panels × two column panels.
     kernel_2x2,
     load: [
-        "tileloadd tmm0, [{c} + {stride}]",
-        "tileloadd tmm1, [{c} + {stride} + 1024]",
-        "tileloadd tmm2, [{c} + {stride} + 2048]",
-        "tileloadd tmm3, [{c} + {stride} + 3072]"
+        "tileloadd tmm0, [{acc} + {stride}]",
+        "tileloadd tmm1, [{acc} + {stride} + 1024]",
+        "tileloadd tmm2, [{acc} + {stride} + 2048]",
+        "tileloadd tmm3, [{acc} + {stride} + 3072]"
     ],
     zero: ["tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3"],
     body: [
@@ -189,19 +193,13 @@ micro_kernel!(
         "tdpbf16ps tmm1, tmm4, tmm7",
         "tdpbf16ps tmm2, tmm5, tmm6",
         "tdpbf16ps tmm3, tmm5, tmm7"
-    ],
-    store: [
-        "tilestored [{c} + {stride}], tmm0",
-        "tilestored [{c} + {stride} + 1024], tmm1",
-        "tilestored [{c} + {stride} + 2048], tmm2",
-        "tilestored [{c} + {stride} + 3072], tmm3"
     ]
 );
 
 micro_kernel!(
     /// Two row panels × one column panel (tiles 0 and 2).
     kernel_2x1,
-    load: ["tileloadd tmm0, [{c} + {stride}]", "tileloadd tmm2, [{c} + {stride} + 2048]"],
+    load: ["tileloadd tmm0, [{acc} + {stride}]", "tileloadd tmm2, [{acc} + {stride} + 2048]"],
     zero: ["tilezero tmm0", "tilezero tmm2"],
     body: [
         "tileloadd tmm4, [{a0} + {stride}]",
@@ -209,14 +207,13 @@ micro_kernel!(
         "tdpbf16ps tmm0, tmm4, tmm6",
         "tileloadd tmm5, [{a1} + {stride}]",
         "tdpbf16ps tmm2, tmm5, tmm6"
-    ],
-    store: ["tilestored [{c} + {stride}], tmm0", "tilestored [{c} + {stride} + 2048], tmm2"]
+    ]
 );
 
 micro_kernel!(
     /// One row panel × two column panels (tiles 0 and 1).
     kernel_1x2,
-    load: ["tileloadd tmm0, [{c} + {stride}]", "tileloadd tmm1, [{c} + {stride} + 1024]"],
+    load: ["tileloadd tmm0, [{acc} + {stride}]", "tileloadd tmm1, [{acc} + {stride} + 1024]"],
     zero: ["tilezero tmm0", "tilezero tmm1"],
     body: [
         "tileloadd tmm4, [{a0} + {stride}]",
@@ -224,36 +221,100 @@ micro_kernel!(
         "tileloadd tmm7, [{b1} + {stride}]",
         "tdpbf16ps tmm0, tmm4, tmm6",
         "tdpbf16ps tmm1, tmm4, tmm7"
-    ],
-    store: ["tilestored [{c} + {stride}], tmm0", "tilestored [{c} + {stride} + 1024], tmm1"]
+    ]
 );
 
 micro_kernel!(
     /// One row panel × one column panel (tile 0).
     kernel_1x1,
-    load: ["tileloadd tmm0, [{c} + {stride}]"],
+    load: ["tileloadd tmm0, [{acc} + {stride}]"],
     zero: ["tilezero tmm0"],
     body: [
         "tileloadd tmm4, [{a0} + {stride}]",
         "tileloadd tmm6, [{b0} + {stride}]",
         "tdpbf16ps tmm0, tmm4, tmm6"
-    ],
-    store: ["tilestored [{c} + {stride}], tmm0"]
+    ]
 );
 
-/// The packed operands of the calls on this thread, kept between calls so that large GEMMs do not fault in
-/// fresh pages every time.
+/// Stores accumulator register `tmm{index}` (0..=3) as 16 rows of 16 f32, `stride` bytes apart, at `dst`.
+///
+/// # Safety
+/// A [`TileSession`] is active on this thread and a micro-kernel of this thread left its result in the
+/// register (nothing on this thread runs tile instructions in between, and the compiler never does); the
+/// 16 rows of 64 bytes are writable and no other thread accesses them.
+#[inline]
+unsafe fn store_result(index: usize, dst: *mut f32, stride: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match index {
+            0 => asm!("tilestored [{p} + {s}], tmm0", p = in(reg) dst, s = in(reg) stride, options(nostack)),
+            1 => asm!("tilestored [{p} + {s}], tmm1", p = in(reg) dst, s = in(reg) stride, options(nostack)),
+            2 => asm!("tilestored [{p} + {s}], tmm2", p = in(reg) dst, s = in(reg) stride, options(nostack)),
+            _ => asm!("tilestored [{p} + {s}], tmm3", p = in(reg) dst, s = in(reg) stride, options(nostack)),
+        }
+    }
+}
+
+/// The operand packed whole by the calls made on this thread.
 #[derive(Default)]
-struct PackBuffers {
-    a: Vec<Tile>,
-    b: Vec<Tile>,
+struct CallBuffers {
+    fixed: Vec<Tile>,
+}
+
+/// A task's packed chunk of the streamed operand, and its partial sums.
+#[derive(Default)]
+struct TaskBuffers {
+    streamed: Vec<Tile>,
+    partial: Vec<AccTile>,
+}
+
+/// Per-thread buffers kept between calls so that large GEMMs do not fault in fresh pages every time.
+trait Reusable: Default + 'static {
+    fn elements(&self) -> usize;
+}
+
+impl Reusable for CallBuffers {
+    fn elements(&self) -> usize {
+        self.fixed.len()
+    }
+}
+
+impl Reusable for TaskBuffers {
+    fn elements(&self) -> usize {
+        self.streamed.len() + self.partial.len()
+    }
 }
 
 thread_local! {
-    static PACK_BUFFERS: RefCell<PackBuffers> = RefCell::new(PackBuffers::default());
+    static CALL_BUFFERS: RefCell<CallBuffers> = RefCell::new(CallBuffers::default());
+    static TASK_BUFFERS: RefCell<TaskBuffers> = RefCell::new(TaskBuffers::default());
 }
 
-/// `dst` tile `(rows × cols ≤ 16 × 16)` = `(accumulate ? dst : 0) + scale · acc`.
+/// Runs `f` with this thread's buffers, taken out of the thread-local (not borrowed) so that a nested use on
+/// this thread, e.g. from a rayon job stolen while this one waits, gets buffers of its own; the larger set is
+/// kept afterwards.
+fn with_buffers<B: Reusable, R>(key: &'static LocalKey<RefCell<B>>, f: impl FnOnce(&mut B) -> R) -> R {
+    let mut buffers = key.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let result = f(&mut buffers);
+    key.with(|b| {
+        let mut kept = b.borrow_mut();
+        if kept.elements() < buffers.elements() {
+            *kept = buffers;
+        }
+    });
+    result
+}
+
+/// `buf[..len]`, growing `buf` (never shrinking it) as needed.
+fn prefix<T: Copy>(buf: &mut Vec<T>, len: usize, fill: T) -> &mut [T] {
+    if buf.len() < len {
+        buf.resize(len, fill);
+    }
+    &mut buf[..len]
+}
+
+/// `dst` tile `(rows × cols ≤ 16 × 16)` = `(accumulate ? dst : 0) + scale · acc`; `acc` may be transposed in
+/// place (its contents are scratch afterwards).
 ///
 /// # Safety
 /// The `rows × cols` elements of `dst` (strides `rs`, `cs`) are writable and no other thread accesses them;
@@ -261,15 +322,21 @@ thread_local! {
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn write_tile(
-    acc: &AccTile,
-    rows: usize,
-    cols: usize,
+    acc: &mut AccTile,
+    mut rows: usize,
+    mut cols: usize,
     dst: *mut f32,
-    rs: isize,
-    cs: isize,
+    mut rs: isize,
+    mut cs: isize,
     accumulate: bool,
     scale: f32,
 ) {
+    if cs != 1 && rs == 1 {
+        // A column-major destination: transpose the tile and write its rows as the destination's columns.
+        pack::transpose_16x16(acc.0.as_mut_ptr().cast());
+        std::mem::swap(&mut rows, &mut cols);
+        std::mem::swap(&mut rs, &mut cs);
+    }
     if cs == 1 {
         let mask: __mmask16 = if cols >= 16 {
             0xffff
@@ -327,138 +394,312 @@ pub(super) unsafe fn gemm(
     scale: f32,
     parallel: bool,
 ) {
-    let steps = k.div_ceil(TILE_K);
-    let (row_panels, col_panels) = (m.div_ceil(TILE_ROWS), n.div_ceil(TILE_ROWS));
-    // Taken out of the thread-local (not borrowed) so that a nested call on this thread, e.g. from a rayon
-    // task stolen while this one waits, gets buffers of its own.
-    let mut buffers = PACK_BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    for (buf, len) in [
-        (&mut buffers.a, row_panels * steps),
-        (&mut buffers.b, col_panels * steps),
-    ] {
-        if buf.len() < len {
-            buf.resize(len, Tile::ZERO);
-        }
-    }
-    let a_tiles = &mut buffers.a[..row_panels * steps];
-    let b_tiles = &mut buffers.b[..col_panels * steps];
-    let (lhs, rhs) = (SendPtr(lhs.cast_mut()), SendPtr(rhs.cast_mut()));
-    let pack_a = |(p, tiles): (usize, &mut [Tile])| {
+    let problem = Problem {
+        m,
+        n,
+        k,
+        dst: SendPtr(dst),
+        dst_rs,
+        dst_cs,
+        lhs: SendPtr(lhs.cast_mut()),
+        lhs_rs,
+        lhs_cs,
+        rhs: SendPtr(rhs.cast_mut()),
+        rhs_rs,
+        rhs_cs,
+    };
+    // SAFETY: forwarded.
+    unsafe { problem.run(accumulate, scale, parallel) };
+}
+
+/// A GEMM `dst[m, n] (+)= scale · lhs[m, k] · rhs[k, n]` with raw strided operands.
+struct Problem {
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: SendPtr<f32>,
+    dst_rs: isize,
+    dst_cs: isize,
+    lhs: SendPtr<f32>,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: SendPtr<f32>,
+    rhs_rs: isize,
+    rhs_cs: isize,
+}
+
+/// Panels (of 16) at most per task along the operand packed up front; larger problems split it over tasks.
+const MAX_TASK_FIXED_PANELS: usize = 64;
+
+/// How a task covers its tiles: the larger operand is packed by each task, chunk by chunk of `k`, for its own
+/// panels only (while the chunk is hot in L2); the smaller one is packed whole before the tasks start.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Streamed {
+    Lhs,
+    Rhs,
+}
+
+impl Problem {
+    /// Packs row panel `p` of `lhs` for `tiles.len()` steps of `k` from `k0`.
+    ///
+    /// # Safety
+    /// As [`gemm`]; `p` is a row panel of the problem, `k0 < k`.
+    unsafe fn pack_lhs(&self, tiles: &mut [Tile], p: usize, k0: usize) {
         let r0 = p * TILE_ROWS;
         let source = Source {
-            // SAFETY: row `r0 < m` of the caller's view.
-            ptr: unsafe { lhs.get().offset(r0 as isize * lhs_rs) },
-            rs: lhs_rs,
-            cs: lhs_cs,
-            rows: (m - r0).min(TILE_ROWS),
-            cols: k,
+            // SAFETY: element (r0, k0) is inside the caller's view.
+            ptr: unsafe {
+                self.lhs
+                    .get()
+                    .offset(r0 as isize * self.lhs_rs + k0 as isize * self.lhs_cs)
+            },
+            rs: self.lhs_rs,
+            cs: self.lhs_cs,
+            rows: (self.m - r0).min(TILE_ROWS),
+            cols: (self.k - k0).min(tiles.len() * TILE_K),
         };
-        // SAFETY: the source is the caller's readable view restricted to this panel; AVX-512 is available.
+        // SAFETY: the caller's readable view restricted to this panel and chunk; AVX-512 is available.
         unsafe { pack::pack_a(tiles, source) };
-    };
-    let pack_b = |(q, tiles): (usize, &mut [Tile])| {
-        let c0 = q * TILE_ROWS;
-        let source = Source {
-            // SAFETY: column `c0 < n` of the caller's view.
-            ptr: unsafe { rhs.get().offset(c0 as isize * rhs_cs) },
-            rs: rhs_rs,
-            cs: rhs_cs,
-            rows: k,
-            cols: (n - c0).min(TILE_ROWS),
-        };
-        // SAFETY: as for A.
-        unsafe { pack::pack_b(tiles, source) };
-    };
-    if parallel {
-        a_tiles.par_chunks_mut(steps).enumerate().for_each(pack_a);
-        b_tiles.par_chunks_mut(steps).enumerate().for_each(pack_b);
-    } else {
-        a_tiles.chunks_mut(steps).enumerate().for_each(pack_a);
-        b_tiles.chunks_mut(steps).enumerate().for_each(pack_b);
     }
 
-    let (a_tiles, b_tiles) = (&*a_tiles, &*b_tiles);
-    let (row_blocks, col_blocks) = (row_panels.div_ceil(BLOCK_PANELS), col_panels.div_ceil(BLOCK_PANELS));
-    let dst = SendPtr(dst);
-    let block = |index: usize| {
-        let (rb, cb) = (index / col_blocks, index % col_blocks);
-        let (p0, q0) = (rb * BLOCK_PANELS, cb * BLOCK_PANELS);
-        let (panels_m, panels_n) = ((row_panels - p0).min(BLOCK_PANELS), (col_panels - q0).min(BLOCK_PANELS));
-        // Accumulators grouped by 2×2 tile group: group (gi, gj) holds tiles (2gi + di, 2gj + dj) at 2di + dj.
-        let mut acc = MaybeUninit::<[AccTile; BLOCK_PANELS * BLOCK_PANELS]>::uninit();
-        let acc_tile = |pi: usize, qj: usize| ((pi / 2) * (BLOCK_PANELS / 2) + qj / 2) * 4 + (pi % 2) * 2 + qj % 2;
-        let acc_ptr = acc.as_mut_ptr().cast::<AccTile>();
+    /// Packs column panel `q` of `rhs` for `tiles.len()` steps of `k` from `k0`.
+    ///
+    /// # Safety
+    /// As [`gemm`]; `q` is a column panel of the problem, `k0 < k`.
+    unsafe fn pack_rhs(&self, tiles: &mut [Tile], q: usize, k0: usize) {
+        let c0 = q * TILE_ROWS;
+        let source = Source {
+            // SAFETY: element (k0, c0) is inside the caller's view.
+            ptr: unsafe {
+                self.rhs
+                    .get()
+                    .offset(k0 as isize * self.rhs_rs + c0 as isize * self.rhs_cs)
+            },
+            rs: self.rhs_rs,
+            cs: self.rhs_cs,
+            rows: (self.k - k0).min(tiles.len() * TILE_K),
+            cols: (self.n - c0).min(TILE_ROWS),
+        };
+        // SAFETY: as for the left operand.
+        unsafe { pack::pack_b(tiles, source) };
+    }
+
+    /// # Safety
+    /// As [`gemm`].
+    unsafe fn run(&self, accumulate: bool, scale: f32, parallel: bool) {
+        let Problem { m, n, k, .. } = *self;
+        let steps = k.div_ceil(TILE_K);
+        let (row_panels, col_panels) = (m.div_ceil(TILE_ROWS), n.div_ceil(TILE_ROWS));
+        // Chunks of `k` depend on `k` alone, so the order of every sum is fixed whatever the task split.
         let chunks = steps.div_ceil(MAX_CHUNK_STEPS);
         let chunk_steps = steps.div_ceil(chunks);
+        let streamed = if n >= m { Streamed::Rhs } else { Streamed::Lhs };
+        let (streamed_panels, fixed_panels) = match streamed {
+            Streamed::Rhs => (col_panels, row_panels),
+            Streamed::Lhs => (row_panels, col_panels),
+        };
+        // Enough tasks to balance the threads, each as wide as possible (up to 8 streamed panels).
+        let threads = if parallel { rayon::current_num_threads() } else { 1 };
+        let task_streamed = streamed_panels
+            .div_ceil(4 * threads)
+            .clamp(2, BLOCK_PANELS)
+            .next_multiple_of(2);
+        let task_fixed = MAX_TASK_FIXED_PANELS.min(fixed_panels);
+        let (streamed_tasks, fixed_tasks) = (
+            streamed_panels.div_ceil(task_streamed),
+            fixed_panels.div_ceil(task_fixed),
+        );
+        with_buffers(&CALL_BUFFERS, |buffers| {
+            let fixed = prefix(&mut buffers.fixed, fixed_panels * steps, Tile::ZERO);
+            let pack_fixed = |(panel, tiles): (usize, &mut [Tile])| {
+                // SAFETY: `panel` is a panel of the fixed operand; k0 = 0 < k.
+                unsafe {
+                    match streamed {
+                        Streamed::Rhs => self.pack_lhs(tiles, panel, 0),
+                        Streamed::Lhs => self.pack_rhs(tiles, panel, 0),
+                    }
+                }
+            };
+            if parallel {
+                fixed.par_chunks_mut(steps).enumerate().for_each(pack_fixed);
+            } else {
+                fixed.chunks_mut(steps).enumerate().for_each(pack_fixed);
+            }
+            let fixed = &*fixed;
+            let task = |index: usize| {
+                let (ft, st) = (index / streamed_tasks, index % streamed_tasks);
+                let f0 = ft * task_fixed;
+                let s0 = st * task_streamed;
+                let fixed_range = f0..f0 + task_fixed.min(fixed_panels - f0);
+                let streamed_range = s0..s0 + task_streamed.min(streamed_panels - s0);
+                let (rows, cols) = match streamed {
+                    Streamed::Rhs => (fixed_range, streamed_range),
+                    Streamed::Lhs => (streamed_range, fixed_range),
+                };
+                // SAFETY: the tasks' tiles partition the output; forwarded contract.
+                with_buffers(&TASK_BUFFERS, |own| unsafe {
+                    self.task(own, fixed, streamed, steps, chunk_steps, rows, cols, accumulate, scale)
+                });
+            };
+            if parallel {
+                (0..fixed_tasks * streamed_tasks).into_par_iter().for_each(task);
+            } else {
+                (0..fixed_tasks * streamed_tasks).for_each(task);
+            }
+        });
+    }
+
+    /// Computes the output tiles `rows × cols` (panel ranges): per chunk of `k`, packs the task's panels of
+    /// the streamed operand, then runs every 2×2 group of tiles over that chunk.
+    ///
+    /// # Safety
+    /// As [`gemm`]; `fixed` holds the other operand packed whole (`steps` tiles per panel); no other task
+    /// writes these output tiles.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn task(
+        &self,
+        buffers: &mut TaskBuffers,
+        fixed: &[Tile],
+        streamed: Streamed,
+        steps: usize,
+        chunk_steps: usize,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        accumulate: bool,
+        scale: f32,
+    ) {
+        let (m, n) = (self.m, self.n);
+        let (p0, q0) = (rows.start, cols.start);
+        let (rows, cols) = (rows.len(), cols.len());
+        let chunks = steps.div_ceil(chunk_steps);
+        let own_panels = if streamed == Streamed::Rhs { cols } else { rows };
+        let chunk_tiles = prefix(&mut buffers.streamed, own_panels * chunk_steps, Tile::ZERO);
+        // Partial sums between chunks by 2×2 tile group: group (gi, gj) holds tiles (2gi + di, 2gj + dj) at
+        // 2di + dj, the register order of the micro-kernels.
+        let col_groups = cols.div_ceil(2);
+        let group_of = |pi: usize, qj: usize| ((pi / 2) * col_groups + qj / 2) * 4;
+        let partial_len = if chunks > 1 {
+            rows.div_ceil(2) * col_groups * 4
+        } else {
+            0
+        };
+        let partial = prefix(&mut buffers.partial, partial_len, AccTile([0.0; TILE_ROWS * TILE_ROWS])).as_mut_ptr();
+        let mut staging = AccTile([0.0; TILE_ROWS * TILE_ROWS]);
+        // Overwriting with scale 1 needs no arithmetic: whole tiles go from the registers straight to `dst`.
+        let direct = !accumulate && scale == 1.0 && self.dst_cs == 1 && self.dst_rs >= TILE_ROWS as isize;
         // SAFETY: `available()` held before this call was dispatched here.
         let session = unsafe { TileSession::start() };
         for chunk in 0..chunks {
             let s0 = chunk * chunk_steps;
             let len = chunk_steps.min(steps - s0);
-            for qj in (0..panels_n).step_by(2) {
-                let two_cols = qj + 1 < panels_n;
-                let b0 = &b_tiles[(q0 + qj) * steps + s0] as *const Tile;
-                let b1 = if two_cols {
-                    &b_tiles[(q0 + qj + 1) * steps + s0] as *const Tile
-                } else {
-                    b0
-                };
-                for pi in (0..panels_m).step_by(2) {
-                    let two_rows = pi + 1 < panels_m;
-                    let a0 = &a_tiles[(p0 + pi) * steps + s0] as *const Tile;
-                    let a1 = if two_rows {
-                        &a_tiles[(p0 + pi + 1) * steps + s0] as *const Tile
+            let last = chunk + 1 == chunks;
+            for (i, tiles) in chunk_tiles.chunks_mut(chunk_steps).enumerate() {
+                // SAFETY: panel `p0 + i` (or `q0 + i`) belongs to the problem; s0·32 < k.
+                unsafe {
+                    match streamed {
+                        Streamed::Rhs => self.pack_rhs(&mut tiles[..len], q0 + i, s0 * TILE_K),
+                        Streamed::Lhs => self.pack_lhs(&mut tiles[..len], p0 + i, s0 * TILE_K),
+                    }
+                }
+            }
+            let chunk_tiles = &*chunk_tiles;
+            // Tile pointers for step s0 of row panel pi / column panel qj of the task.
+            let a_at = |pi: usize| -> *const Tile {
+                match streamed {
+                    Streamed::Rhs => &fixed[(p0 + pi) * steps + s0],
+                    Streamed::Lhs => &chunk_tiles[pi * chunk_steps],
+                }
+            };
+            let b_at = |qj: usize| -> *const Tile {
+                match streamed {
+                    Streamed::Rhs => &chunk_tiles[qj * chunk_steps],
+                    Streamed::Lhs => &fixed[(q0 + qj) * steps + s0],
+                }
+            };
+            // The outer loop walks the fixed operand's pairs of panels (which stay in L1 over the inner loop),
+            // the inner one this task's chunk of the streamed operand (which stays in L2 over the outer loop).
+            let (outer, inner) = match streamed {
+                Streamed::Rhs => (rows, cols),
+                Streamed::Lhs => (cols, rows),
+            };
+            // The fixed operand is walked in blocks of 8 panels, so each 128×128 block of outputs is finished
+            // before the next one starts.
+            let pairs = (0..outer).step_by(BLOCK_PANELS).flat_map(|block| {
+                let end = (block + BLOCK_PANELS).min(outer);
+                (0..inner)
+                    .step_by(2)
+                    .flat_map(move |i| (block..end).step_by(2).map(move |o| (o, i)))
+            });
+            for (o, i) in pairs {
+                {
+                    let (pi, qj) = if streamed == Streamed::Rhs { (o, i) } else { (i, o) };
+                    let (two_rows, two_cols) = (pi + 1 < rows, qj + 1 < cols);
+                    let a0 = a_at(pi);
+                    let a1 = if two_rows { a_at(pi + 1) } else { a0 };
+                    let b0 = b_at(qj);
+                    let b1 = if two_cols { b_at(qj + 1) } else { b0 };
+                    // SAFETY: when chunks > 1 the group's four slots lie inside `partial` (never read otherwise).
+                    let group = unsafe { partial.add(group_of(pi, qj)) };
+                    let reload = if chunk > 0 {
+                        group.cast_const()
                     } else {
-                        a0
+                        std::ptr::null()
                     };
-                    // SAFETY: the group's four accumulator slots lie inside `acc`.
-                    let c = unsafe { acc_ptr.add(acc_tile(pi, qj)) };
-                    let load = chunk > 0;
-                    // SAFETY: the session is active; each operand pointer starts `len ≥ 1` tiles of its panel's
-                    // run of `steps` (s0 + len ≤ steps); the variant reads only the tiles that exist, and only
-                    // reloads accumulators it stored in the previous chunk.
+                    // SAFETY: the session is active; each operand pointer starts `len ≥ 1` consecutive tiles
+                    // (of a fixed panel's run of `steps`, s0 + len ≤ steps, or of the chunk buffer); the variant
+                    // reads only the tiles that exist, and reloads only sums it stored after the last chunk.
                     unsafe {
                         match (two_rows, two_cols) {
-                            (true, true) => kernel_2x2(a0, a1, b0, b1, len, c, load),
-                            (true, false) => kernel_2x1(a0, a1, b0, b1, len, c, load),
-                            (false, true) => kernel_1x2(a0, a1, b0, b1, len, c, load),
-                            (false, false) => kernel_1x1(a0, a1, b0, b1, len, c, load),
+                            (true, true) => kernel_2x2(a0, a1, b0, b1, len, reload),
+                            (true, false) => kernel_2x1(a0, a1, b0, b1, len, reload),
+                            (false, true) => kernel_1x2(a0, a1, b0, b1, len, reload),
+                            (false, false) => kernel_1x1(a0, a1, b0, b1, len, reload),
+                        }
+                    }
+                    for di in 0..1 + two_rows as usize {
+                        for dj in 0..1 + two_cols as usize {
+                            let index = 2 * di + dj;
+                            if !last {
+                                // SAFETY: the kernel just left this tile's sums in register `index`; the slot
+                                // is inside `partial`, which only this task uses.
+                                unsafe { store_result(index, group.add(index).cast(), TILE_STRIDE) };
+                                continue;
+                            }
+                            let (r0, c0) = ((p0 + pi + di) * TILE_ROWS, (q0 + qj + dj) * TILE_ROWS);
+                            let (tile_rows, tile_cols) = ((m - r0).min(TILE_ROWS), (n - c0).min(TILE_ROWS));
+                            // SAFETY: `(r0, c0)` is inside the caller's view.
+                            let out = unsafe {
+                                self.dst
+                                    .get()
+                                    .offset(r0 as isize * self.dst_rs + c0 as isize * self.dst_cs)
+                            };
+                            if direct && tile_rows == TILE_ROWS && tile_cols == TILE_ROWS {
+                                // SAFETY: a whole 16×16 tile of `dst` with unit column stride and row stride
+                                // `dst_rs > 0` elements, inside the caller's view and owned by this task;
+                                // overwriting with scale 1 is a plain store.
+                                unsafe { store_result(index, out, self.dst_rs as usize * 4) };
+                            } else {
+                                // SAFETY: as above for the staging tile (this task's own), then the tile's
+                                // elements of `dst`; AVX-512F is available.
+                                unsafe {
+                                    store_result(index, staging.0.as_mut_ptr(), TILE_STRIDE);
+                                    write_tile(
+                                        &mut staging,
+                                        tile_rows,
+                                        tile_cols,
+                                        out,
+                                        self.dst_rs,
+                                        self.dst_cs,
+                                        accumulate,
+                                        scale,
+                                    );
+                                }
+                            }
                         }
                     }
                 }
             }
         }
         drop(session);
-        for pi in 0..panels_m {
-            for qj in 0..panels_n {
-                let (r0, c0) = ((p0 + pi) * TILE_ROWS, (q0 + qj) * TILE_ROWS);
-                // SAFETY: every tile of the block was stored by the kernels above; `dst`'s tile lies in the
-                // caller's view and belongs to this task alone (blocks partition the output); AVX-512F is
-                // available.
-                unsafe {
-                    write_tile(
-                        &*acc_ptr.add(acc_tile(pi, qj)),
-                        (m - r0).min(TILE_ROWS),
-                        (n - c0).min(TILE_ROWS),
-                        dst.get().offset(r0 as isize * dst_rs + c0 as isize * dst_cs),
-                        dst_rs,
-                        dst_cs,
-                        accumulate,
-                        scale,
-                    );
-                }
-            }
-        }
-    };
-    if parallel {
-        (0..row_blocks * col_blocks).into_par_iter().for_each(block);
-    } else {
-        (0..row_blocks * col_blocks).for_each(block);
     }
-    PACK_BUFFERS.with(|b| {
-        let mut kept = b.borrow_mut();
-        if kept.a.len() + kept.b.len() < buffers.a.len() + buffers.b.len() {
-            *kept = buffers;
-        }
-    });
 }

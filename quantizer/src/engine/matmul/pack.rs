@@ -142,12 +142,22 @@ unsafe fn pair_row(first: Option<*const f32>, second: Option<*const f32>, valid:
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn transpose_pairs(tile: &mut Tile) {
-    let p = tile.0.as_mut_ptr().cast::<__m512i>();
+    transpose_16x16(tile.0.as_mut_ptr().cast());
+}
+
+/// Transposes the 16×16 matrix of 32-bit elements (bf16 pairs or f32) at `block`, in place.
+///
+/// # Safety
+/// `block` is 64-byte aligned and points to 1 KiB of writable memory; AVX-512F available.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn transpose_16x16(block: *mut u8) {
+    let p = block.cast::<__m512i>();
     let mut r = [_mm512_setzero_si512(); 16];
     for (i, v) in r.iter_mut().enumerate() {
         *v = _mm512_load_si512(p.add(i));
     }
-    // 2×2 blocks of u32, then of u64, then of 128-bit lanes (twice).
+    // 2×2 blocks of 32-bit elements, then of 64-bit pairs, then of 128-bit lanes (twice).
     let mut t = [_mm512_setzero_si512(); 16];
     for i in 0..8 {
         t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
