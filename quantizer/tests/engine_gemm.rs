@@ -207,7 +207,13 @@ fn bf16_gemm_matches_f64_reference_on_ragged_sizes_and_all_transposes() {
     }
     // One dimension 577 (several k chunks, many tiles, a ragged last tile) with all four transposes.
     // And 1100×1200: more than 64 row panels, split over several tasks.
-    for (m, n, k) in [(577, 33, 17), (31, 577, 64), (17, 100, 577), (100, 64, 577), (1100, 1200, 40)] {
+    for (m, n, k) in [
+        (577, 33, 17),
+        (31, 577, 64),
+        (17, 100, 577),
+        (100, 64, 577),
+        (1100, 1200, 40),
+    ] {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             let label = format!("{m}×{n}×{k} ta={ta} tb={tb}");
             let ulps = check_case(

@@ -1,17 +1,10 @@
-//! AMX-BF16 GEMM: bf16 tiles packed from f32 ([`super::pack`]), `TDPBF16PS` accumulating 16×16 f32 tiles.
+//! AMX-BF16 kernel for the blocked driver ([`super::blocked`]): bf16 tiles packed from f32
+//! ([`super::pack`]), `TDPBF16PS` accumulating 16×16 f32 tiles.
 //!
-//! Blocking: the smaller operand is packed whole up front (A as 16-row panels, B as 16-column panels, each a
-//! run of 1 KiB tiles along `k`); the output is cut into tasks of up to [`BLOCK_PANELS`] panels of the larger
-//! operand (and up to [`MAX_TASK_FIXED_PANELS`] of the other), one rayon task each, and each task packs its own
-//! panels of the larger operand chunk by chunk of `k` (at most [`MAX_CHUNK_STEPS`] tile steps), so that chunk
-//! is packed once and stays in L2 while it is used. Per chunk the task runs every 2×2 group of output tiles,
-//! 128×128 outputs at a time: the micro-kernel keeps the four accumulators and two A and two B tiles in the
-//! eight tile registers (`tmm0..3` accumulators, `tmm4/5` A, `tmm6/7` B), so each loaded tile feeds two
-//! products. Between chunks the accumulators go through an f32 scratch exactly (tile stores and loads do not
-//! round), so every output is one f32 accumulation over all of `k` in increasing order, then
-//! `dst = (accumulate ? dst : 0) + scale · acc` (whole tiles stored straight from the registers when that is
-//! a plain overwrite). Chunks depend on `k` only and no task splits `k`, so the result does not depend on the
-//! number of threads or on how the tasks are cut.
+//! Panels are 16 rows (left) and 16 columns (right), one 1 KiB tile per 32 values of `k`. A group of 2×2 output
+//! tiles keeps its four accumulators and two A and two B tiles in the eight tile registers (`tmm0..3`
+//! accumulators, `tmm4/5` A, `tmm6/7` B), so each loaded tile feeds two products; finished tiles go straight
+//! from the registers to the destination when that is a plain overwrite, else through a staging tile.
 //!
 //! Tile instructions are emitted with `asm!` (their intrinsics are unstable); the compiler never uses the tile
 //! registers, so their contents persist between the asm blocks of one thread, which [`TileSession`] brackets.
@@ -22,15 +15,9 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::thread::LocalKey;
 
-use rayon::prelude::*;
+use super::blocked::{self, PanelKernel, Results, Source, TaskBuffers};
+use super::pack::{self, Tile, TILE_K, TILE_ROWS};
 
-use super::pack::{self, Source, Tile, TILE_K, TILE_ROWS};
-use crate::engine::layers::embedding::SendPtr;
-
-/// Panels of the streamed operand per task at most, and of either operand per block of outputs (128×128).
-const BLOCK_PANELS: usize = 8;
-/// Tile steps of `k` (32 each) per chunk: a pair of panels of one chunk (32 KiB) stays in L1 over a block.
-const MAX_CHUNK_STEPS: usize = 16;
 /// Bytes per tile row (the stride of every tile load and store).
 const TILE_STRIDE: usize = 64;
 
@@ -103,7 +90,7 @@ static TILE_CONFIG: TileConfig = TileConfig {
 
 /// The tile configuration of the current thread, loaded on creation and released on drop (returning the tile
 /// state to its initial, unsaved condition).
-struct TileSession;
+pub(super) struct TileSession;
 
 impl TileSession {
     /// # Safety
@@ -125,7 +112,7 @@ impl Drop for TileSession {
 /// A 16×16 f32 accumulator tile in memory.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct AccTile([f32; TILE_ROWS * TILE_ROWS]);
+pub(super) struct AccTile([f32; TILE_ROWS * TILE_ROWS]);
 
 /// Emits one micro-kernel: accumulators loaded from `acc` (when not null) or zeroed, then `steps` steps of the
 /// body; the results stay in the accumulator registers for [`store_result`]. `acc` holds four consecutive tiles
@@ -255,451 +242,96 @@ unsafe fn store_result(index: usize, dst: *mut f32, stride: usize) {
     }
 }
 
-/// The operand packed whole by the calls made on this thread.
-#[derive(Default)]
-struct CallBuffers {
-    fixed: Vec<Tile>,
-}
-
-/// A task's packed chunk of the streamed operand, and its partial sums.
-#[derive(Default)]
-struct TaskBuffers {
-    streamed: Vec<Tile>,
-    partial: Vec<AccTile>,
-}
-
-/// Per-thread buffers kept between calls so that large GEMMs do not fault in fresh pages every time.
-trait Reusable: Default + 'static {
-    fn elements(&self) -> usize;
-}
-
-impl Reusable for CallBuffers {
-    fn elements(&self) -> usize {
-        self.fixed.len()
-    }
-}
-
-impl Reusable for TaskBuffers {
-    fn elements(&self) -> usize {
-        self.streamed.len() + self.partial.len()
-    }
-}
+/// The AMX-BF16 kernel.
+pub(super) struct Amx;
 
 thread_local! {
-    static CALL_BUFFERS: RefCell<CallBuffers> = RefCell::new(CallBuffers::default());
-    static TASK_BUFFERS: RefCell<TaskBuffers> = RefCell::new(TaskBuffers::default());
+    static CALL_BUFFERS: RefCell<Vec<Tile>> = const { RefCell::new(Vec::new()) };
+    static TASK_BUFFERS: RefCell<TaskBuffers<Amx>> = RefCell::new(TaskBuffers::default());
 }
 
-/// Runs `f` with this thread's buffers, taken out of the thread-local (not borrowed) so that a nested use on
-/// this thread, e.g. from a rayon job stolen while this one waits, gets buffers of its own; the larger set is
-/// kept afterwards.
-fn with_buffers<B: Reusable, R>(key: &'static LocalKey<RefCell<B>>, f: impl FnOnce(&mut B) -> R) -> R {
-    let mut buffers = key.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    let result = f(&mut buffers);
-    key.with(|b| {
-        let mut kept = b.borrow_mut();
-        if kept.elements() < buffers.elements() {
-            *kept = buffers;
-        }
-    });
-    result
-}
+impl PanelKernel for Amx {
+    const ROWS: usize = TILE_ROWS;
+    const COLS: usize = TILE_ROWS;
+    const STEP: usize = TILE_K;
+    /// 512 values of `k`: a pair of panels of one chunk (32 KiB) stays in L1 over a block.
+    const MAX_CHUNK_STEPS: usize = 16;
+    /// Blocks of 128×128 outputs.
+    const BLOCK_PANELS: usize = 8;
+    const MAX_TASK_FIXED_PANELS: usize = 64;
+    type Block = Tile;
+    type Acc = AccTile;
+    const ZERO_BLOCK: Tile = Tile::ZERO;
+    const ZERO_ACC: AccTile = AccTile([0.0; TILE_ROWS * TILE_ROWS]);
+    type Session = TileSession;
 
-/// `buf[..len]`, growing `buf` (never shrinking it) as needed.
-fn prefix<T: Copy>(buf: &mut Vec<T>, len: usize, fill: T) -> &mut [T] {
-    if buf.len() < len {
-        buf.resize(len, fill);
-    }
-    &mut buf[..len]
-}
-
-/// `dst` tile `(rows × cols ≤ 16 × 16)` = `(accumulate ? dst : 0) + scale · acc`; `acc` may be transposed in
-/// place (its contents are scratch afterwards).
-///
-/// # Safety
-/// The `rows × cols` elements of `dst` (strides `rs`, `cs`) are writable and no other thread accesses them;
-/// AVX-512F available.
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn write_tile(
-    acc: &mut AccTile,
-    mut rows: usize,
-    mut cols: usize,
-    dst: *mut f32,
-    mut rs: isize,
-    mut cs: isize,
-    accumulate: bool,
-    scale: f32,
-) {
-    if cs != 1 && rs == 1 {
-        // A column-major destination: transpose the tile and write its rows as the destination's columns.
-        pack::transpose_16x16(acc.0.as_mut_ptr().cast());
-        std::mem::swap(&mut rows, &mut cols);
-        std::mem::swap(&mut rs, &mut cs);
-    }
-    if cs == 1 {
-        let mask: __mmask16 = if cols >= 16 {
-            0xffff
-        } else {
-            ((1u32 << cols) - 1) as __mmask16
-        };
-        let factor = _mm512_set1_ps(scale);
-        for r in 0..rows {
-            let d = dst.offset(r as isize * rs);
-            let mut v = _mm512_load_ps(acc.0.as_ptr().add(r * TILE_ROWS));
-            if scale != 1.0 {
-                v = _mm512_mul_ps(v, factor);
-            }
-            if accumulate {
-                v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, d), v);
-            }
-            _mm512_mask_storeu_ps(d, mask, v);
-        }
-    } else {
-        for r in 0..rows {
-            for c in 0..cols {
-                let d = dst.offset(r as isize * rs + c as isize * cs);
-                let mut v = acc.0[r * TILE_ROWS + c];
-                if scale != 1.0 {
-                    v *= scale;
-                }
-                if accumulate {
-                    v += *d;
-                }
-                *d = v;
-            }
-        }
-    }
-}
-
-/// The GEMM of [`super::gemm_strided_with`] on AMX (`m, n, k ≥ 1`).
-///
-/// # Safety
-/// The contract of [`super::gemm_strided_with`], and [`available`] has returned true.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: isize,
-    dst_cs: isize,
-    accumulate: bool,
-    lhs: *const f32,
-    lhs_rs: isize,
-    lhs_cs: isize,
-    rhs: *const f32,
-    rhs_rs: isize,
-    rhs_cs: isize,
-    scale: f32,
-    parallel: bool,
-) {
-    let problem = Problem {
-        m,
-        n,
-        k,
-        dst: SendPtr(dst),
-        dst_rs,
-        dst_cs,
-        lhs: SendPtr(lhs.cast_mut()),
-        lhs_rs,
-        lhs_cs,
-        rhs: SendPtr(rhs.cast_mut()),
-        rhs_rs,
-        rhs_cs,
-    };
-    // SAFETY: forwarded.
-    unsafe { problem.run(accumulate, scale, parallel) };
-}
-
-/// A GEMM `dst[m, n] (+)= scale · lhs[m, k] · rhs[k, n]` with raw strided operands.
-struct Problem {
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: SendPtr<f32>,
-    dst_rs: isize,
-    dst_cs: isize,
-    lhs: SendPtr<f32>,
-    lhs_rs: isize,
-    lhs_cs: isize,
-    rhs: SendPtr<f32>,
-    rhs_rs: isize,
-    rhs_cs: isize,
-}
-
-/// Panels (of 16) at most per task along the operand packed up front; larger problems split it over tasks.
-const MAX_TASK_FIXED_PANELS: usize = 64;
-
-/// How a task covers its tiles: the larger operand is packed by each task, chunk by chunk of `k`, for its own
-/// panels only (while the chunk is hot in L2); the smaller one is packed whole before the tasks start.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Streamed {
-    Lhs,
-    Rhs,
-}
-
-impl Problem {
-    /// Packs row panel `p` of `lhs` for `tiles.len()` steps of `k` from `k0`.
-    ///
-    /// # Safety
-    /// As [`gemm`]; `p` is a row panel of the problem, `k0 < k`.
-    unsafe fn pack_lhs(&self, tiles: &mut [Tile], p: usize, k0: usize) {
-        let r0 = p * TILE_ROWS;
-        let source = Source {
-            // SAFETY: element (r0, k0) is inside the caller's view.
-            ptr: unsafe {
-                self.lhs
-                    .get()
-                    .offset(r0 as isize * self.lhs_rs + k0 as isize * self.lhs_cs)
-            },
-            rs: self.lhs_rs,
-            cs: self.lhs_cs,
-            rows: (self.m - r0).min(TILE_ROWS),
-            cols: (self.k - k0).min(tiles.len() * TILE_K),
-        };
-        // SAFETY: the caller's readable view restricted to this panel and chunk; AVX-512 is available.
-        unsafe { pack::pack_a(tiles, source) };
+    unsafe fn start() -> TileSession {
+        // SAFETY: forwarded (the dispatcher checked `available()`).
+        unsafe { TileSession::start() }
     }
 
-    /// Packs column panel `q` of `rhs` for `tiles.len()` steps of `k` from `k0`.
-    ///
-    /// # Safety
-    /// As [`gemm`]; `q` is a column panel of the problem, `k0 < k`.
-    unsafe fn pack_rhs(&self, tiles: &mut [Tile], q: usize, k0: usize) {
-        let c0 = q * TILE_ROWS;
-        let source = Source {
-            // SAFETY: element (k0, c0) is inside the caller's view.
-            ptr: unsafe {
-                self.rhs
-                    .get()
-                    .offset(k0 as isize * self.rhs_rs + c0 as isize * self.rhs_cs)
-            },
-            rs: self.rhs_rs,
-            cs: self.rhs_cs,
-            rows: (self.k - k0).min(tiles.len() * TILE_K),
-            cols: (self.n - c0).min(TILE_ROWS),
-        };
-        // SAFETY: as for the left operand.
-        unsafe { pack::pack_b(tiles, source) };
+    unsafe fn pack_lhs(blocks: &mut [Tile], src: Source) {
+        // SAFETY: forwarded.
+        unsafe { pack::pack_a(blocks, src) }
     }
 
-    /// # Safety
-    /// As [`gemm`].
-    unsafe fn run(&self, accumulate: bool, scale: f32, parallel: bool) {
-        let Problem { m, n, k, .. } = *self;
-        let steps = k.div_ceil(TILE_K);
-        let (row_panels, col_panels) = (m.div_ceil(TILE_ROWS), n.div_ceil(TILE_ROWS));
-        // Chunks of `k` depend on `k` alone, so the order of every sum is fixed whatever the task split.
-        let chunks = steps.div_ceil(MAX_CHUNK_STEPS);
-        let chunk_steps = steps.div_ceil(chunks);
-        let streamed = if n >= m { Streamed::Rhs } else { Streamed::Lhs };
-        let (streamed_panels, fixed_panels) = match streamed {
-            Streamed::Rhs => (col_panels, row_panels),
-            Streamed::Lhs => (row_panels, col_panels),
-        };
-        // Enough tasks to balance the threads, each as wide as possible (up to 8 streamed panels).
-        let threads = if parallel { rayon::current_num_threads() } else { 1 };
-        let task_streamed = streamed_panels
-            .div_ceil(4 * threads)
-            .clamp(2, BLOCK_PANELS)
-            .next_multiple_of(2);
-        let task_fixed = MAX_TASK_FIXED_PANELS.min(fixed_panels);
-        let (streamed_tasks, fixed_tasks) = (
-            streamed_panels.div_ceil(task_streamed),
-            fixed_panels.div_ceil(task_fixed),
-        );
-        with_buffers(&CALL_BUFFERS, |buffers| {
-            let fixed = prefix(&mut buffers.fixed, fixed_panels * steps, Tile::ZERO);
-            let pack_fixed = |(panel, tiles): (usize, &mut [Tile])| {
-                // SAFETY: `panel` is a panel of the fixed operand; k0 = 0 < k.
-                unsafe {
-                    match streamed {
-                        Streamed::Rhs => self.pack_lhs(tiles, panel, 0),
-                        Streamed::Lhs => self.pack_rhs(tiles, panel, 0),
-                    }
-                }
-            };
-            if parallel {
-                fixed.par_chunks_mut(steps).enumerate().for_each(pack_fixed);
-            } else {
-                fixed.chunks_mut(steps).enumerate().for_each(pack_fixed);
-            }
-            let fixed = &*fixed;
-            let task = |index: usize| {
-                let (ft, st) = (index / streamed_tasks, index % streamed_tasks);
-                let f0 = ft * task_fixed;
-                let s0 = st * task_streamed;
-                let fixed_range = f0..f0 + task_fixed.min(fixed_panels - f0);
-                let streamed_range = s0..s0 + task_streamed.min(streamed_panels - s0);
-                let (rows, cols) = match streamed {
-                    Streamed::Rhs => (fixed_range, streamed_range),
-                    Streamed::Lhs => (streamed_range, fixed_range),
-                };
-                // SAFETY: the tasks' tiles partition the output; forwarded contract.
-                with_buffers(&TASK_BUFFERS, |own| unsafe {
-                    self.task(own, fixed, streamed, steps, chunk_steps, rows, cols, accumulate, scale)
-                });
-            };
-            if parallel {
-                (0..fixed_tasks * streamed_tasks).into_par_iter().for_each(task);
-            } else {
-                (0..fixed_tasks * streamed_tasks).for_each(task);
-            }
-        });
+    unsafe fn pack_rhs(blocks: &mut [Tile], src: Source) {
+        // SAFETY: forwarded.
+        unsafe { pack::pack_b(blocks, src) }
     }
 
-    /// Computes the output tiles `rows × cols` (panel ranges): per chunk of `k`, packs the task's panels of
-    /// the streamed operand, then runs every 2×2 group of tiles over that chunk.
-    ///
-    /// # Safety
-    /// As [`gemm`]; `fixed` holds the other operand packed whole (`steps` tiles per panel); no other task
-    /// writes these output tiles.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn task(
-        &self,
-        buffers: &mut TaskBuffers,
-        fixed: &[Tile],
-        streamed: Streamed,
+    unsafe fn group(
+        a: [*const Tile; 2],
+        b: [*const Tile; 2],
+        two_rows: bool,
+        two_cols: bool,
         steps: usize,
-        chunk_steps: usize,
-        rows: std::ops::Range<usize>,
-        cols: std::ops::Range<usize>,
-        accumulate: bool,
-        scale: f32,
+        reload: *const AccTile,
+        results: &Results<AccTile>,
     ) {
-        let (m, n) = (self.m, self.n);
-        let (p0, q0) = (rows.start, cols.start);
-        let (rows, cols) = (rows.len(), cols.len());
-        let chunks = steps.div_ceil(chunk_steps);
-        let own_panels = if streamed == Streamed::Rhs { cols } else { rows };
-        let chunk_tiles = prefix(&mut buffers.streamed, own_panels * chunk_steps, Tile::ZERO);
-        // Partial sums between chunks by 2×2 tile group: group (gi, gj) holds tiles (2gi + di, 2gj + dj) at
-        // 2di + dj, the register order of the micro-kernels.
-        let col_groups = cols.div_ceil(2);
-        let group_of = |pi: usize, qj: usize| ((pi / 2) * col_groups + qj / 2) * 4;
-        let partial_len = if chunks > 1 {
-            rows.div_ceil(2) * col_groups * 4
-        } else {
-            0
-        };
-        let partial = prefix(&mut buffers.partial, partial_len, AccTile([0.0; TILE_ROWS * TILE_ROWS])).as_mut_ptr();
-        let mut staging = AccTile([0.0; TILE_ROWS * TILE_ROWS]);
-        // Overwriting with scale 1 needs no arithmetic: whole tiles go from the registers straight to `dst`.
-        let direct = !accumulate && scale == 1.0 && self.dst_cs == 1 && self.dst_rs >= TILE_ROWS as isize;
-        // SAFETY: `available()` held before this call was dispatched here.
-        let session = unsafe { TileSession::start() };
-        for chunk in 0..chunks {
-            let s0 = chunk * chunk_steps;
-            let len = chunk_steps.min(steps - s0);
-            let last = chunk + 1 == chunks;
-            for (i, tiles) in chunk_tiles.chunks_mut(chunk_steps).enumerate() {
-                // SAFETY: panel `p0 + i` (or `q0 + i`) belongs to the problem; s0·32 < k.
-                unsafe {
-                    match streamed {
-                        Streamed::Rhs => self.pack_rhs(&mut tiles[..len], q0 + i, s0 * TILE_K),
-                        Streamed::Lhs => self.pack_lhs(&mut tiles[..len], p0 + i, s0 * TILE_K),
-                    }
-                }
+        // SAFETY: the caller's contract: the session is active, the pointers start `steps` tiles, `reload` is
+        // null or holds this group's sums; the variant touches only the tiles that exist.
+        unsafe {
+            match (two_rows, two_cols) {
+                (true, true) => kernel_2x2(a[0], a[1], b[0], b[1], steps, reload),
+                (true, false) => kernel_2x1(a[0], a[1], b[0], b[1], steps, reload),
+                (false, true) => kernel_1x2(a[0], a[1], b[0], b[1], steps, reload),
+                (false, false) => kernel_1x1(a[0], a[1], b[0], b[1], steps, reload),
             }
-            let chunk_tiles = &*chunk_tiles;
-            // Tile pointers for step s0 of row panel pi / column panel qj of the task.
-            let a_at = |pi: usize| -> *const Tile {
-                match streamed {
-                    Streamed::Rhs => &fixed[(p0 + pi) * steps + s0],
-                    Streamed::Lhs => &chunk_tiles[pi * chunk_steps],
-                }
-            };
-            let b_at = |qj: usize| -> *const Tile {
-                match streamed {
-                    Streamed::Rhs => &chunk_tiles[qj * chunk_steps],
-                    Streamed::Lhs => &fixed[(q0 + qj) * steps + s0],
-                }
-            };
-            // The outer loop walks the fixed operand's pairs of panels (which stay in L1 over the inner loop),
-            // the inner one this task's chunk of the streamed operand (which stays in L2 over the outer loop).
-            let (outer, inner) = match streamed {
-                Streamed::Rhs => (rows, cols),
-                Streamed::Lhs => (cols, rows),
-            };
-            // The fixed operand is walked in blocks of 8 panels, so each 128×128 block of outputs is finished
-            // before the next one starts.
-            let pairs = (0..outer).step_by(BLOCK_PANELS).flat_map(|block| {
-                let end = (block + BLOCK_PANELS).min(outer);
-                (0..inner)
-                    .step_by(2)
-                    .flat_map(move |i| (block..end).step_by(2).map(move |o| (o, i)))
-            });
-            for (o, i) in pairs {
-                {
-                    let (pi, qj) = if streamed == Streamed::Rhs { (o, i) } else { (i, o) };
-                    let (two_rows, two_cols) = (pi + 1 < rows, qj + 1 < cols);
-                    let a0 = a_at(pi);
-                    let a1 = if two_rows { a_at(pi + 1) } else { a0 };
-                    let b0 = b_at(qj);
-                    let b1 = if two_cols { b_at(qj + 1) } else { b0 };
-                    // SAFETY: when chunks > 1 the group's four slots lie inside `partial` (never read otherwise).
-                    let group = unsafe { partial.add(group_of(pi, qj)) };
-                    let reload = if chunk > 0 {
-                        group.cast_const()
-                    } else {
-                        std::ptr::null()
-                    };
-                    // SAFETY: the session is active; each operand pointer starts `len ≥ 1` consecutive tiles
-                    // (of a fixed panel's run of `steps`, s0 + len ≤ steps, or of the chunk buffer); the variant
-                    // reads only the tiles that exist, and reloads only sums it stored after the last chunk.
-                    unsafe {
-                        match (two_rows, two_cols) {
-                            (true, true) => kernel_2x2(a0, a1, b0, b1, len, reload),
-                            (true, false) => kernel_2x1(a0, a1, b0, b1, len, reload),
-                            (false, true) => kernel_1x2(a0, a1, b0, b1, len, reload),
-                            (false, false) => kernel_1x1(a0, a1, b0, b1, len, reload),
-                        }
-                    }
-                    for di in 0..1 + two_rows as usize {
-                        for dj in 0..1 + two_cols as usize {
-                            let index = 2 * di + dj;
-                            if !last {
-                                // SAFETY: the kernel just left this tile's sums in register `index`; the slot
-                                // is inside `partial`, which only this task uses.
-                                unsafe { store_result(index, group.add(index).cast(), TILE_STRIDE) };
-                                continue;
-                            }
-                            let (r0, c0) = ((p0 + pi + di) * TILE_ROWS, (q0 + qj + dj) * TILE_ROWS);
-                            let (tile_rows, tile_cols) = ((m - r0).min(TILE_ROWS), (n - c0).min(TILE_ROWS));
-                            // SAFETY: `(r0, c0)` is inside the caller's view.
-                            let out = unsafe {
-                                self.dst
-                                    .get()
-                                    .offset(r0 as isize * self.dst_rs + c0 as isize * self.dst_cs)
-                            };
-                            if direct && tile_rows == TILE_ROWS && tile_cols == TILE_ROWS {
-                                // SAFETY: a whole 16×16 tile of `dst` with unit column stride and row stride
-                                // `dst_rs > 0` elements, inside the caller's view and owned by this task;
-                                // overwriting with scale 1 is a plain store.
-                                unsafe { store_result(index, out, self.dst_rs as usize * 4) };
-                            } else {
-                                // SAFETY: as above for the staging tile (this task's own), then the tile's
-                                // elements of `dst`; AVX-512F is available.
-                                unsafe {
-                                    store_result(index, staging.0.as_mut_ptr(), TILE_STRIDE);
-                                    write_tile(
-                                        &mut staging,
-                                        tile_rows,
-                                        tile_cols,
-                                        out,
-                                        self.dst_rs,
-                                        self.dst_cs,
-                                        accumulate,
-                                        scale,
-                                    );
-                                }
+        }
+        let mut staging = Self::ZERO_ACC;
+        for di in 0..1 + two_rows as usize {
+            for dj in 0..1 + two_cols as usize {
+                let index = 2 * di + dj;
+                match results {
+                    // SAFETY: the kernel just left this tile's sums in register `index`; the slot is writable
+                    // (caller).
+                    Results::Partial(slots) => unsafe { store_result(index, slots.add(index).cast(), TILE_STRIDE) },
+                    Results::Final { targets, finish } => {
+                        let target = targets[index];
+                        if finish.direct && target.rows == TILE_ROWS && target.cols == TILE_ROWS {
+                            // SAFETY: a whole 16×16 tile of a row-major destination (row stride `rs > 0`)
+                            // that only this thread writes; overwriting with scale 1 is a plain store.
+                            unsafe { store_result(index, target.ptr, finish.rs as usize * 4) };
+                        } else {
+                            // SAFETY: the staging tile is this call's own; then the target as above; AVX-512F
+                            // is available wherever AMX is (checked by `available`).
+                            unsafe {
+                                store_result(index, staging.0.as_mut_ptr(), TILE_STRIDE);
+                                blocked::write_block(staging.0.as_mut_ptr(), TILE_ROWS, TILE_ROWS, target, *finish);
                             }
                         }
                     }
                 }
             }
         }
-        drop(session);
+    }
+
+    fn call_buffers() -> &'static LocalKey<RefCell<Vec<Tile>>> {
+        &CALL_BUFFERS
+    }
+
+    fn task_buffers() -> &'static LocalKey<RefCell<TaskBuffers<Amx>>> {
+        &TASK_BUFFERS
     }
 }

@@ -13,11 +13,15 @@
 mod amx;
 pub mod bf16;
 #[cfg(target_arch = "x86_64")]
+mod blocked;
+#[cfg(target_arch = "x86_64")]
 mod pack;
 
 use std::any::TypeId;
 
 use super::error::{ensure, EngineResult};
+#[cfg(target_arch = "x86_64")]
+use super::layers::embedding::SendPtr;
 use super::scalar::Float;
 
 /// Below this many multiply-adds a GEMM runs on the calling thread: rayon's fork/join would cost more.
@@ -244,25 +248,21 @@ pub(crate) unsafe fn gemm_strided_with<T: Float>(
     if precision == MatmulPrecision::Bf16 && TypeId::of::<T>() == TypeId::of::<f32>() && amx::available() {
         // SAFETY: `T` is `f32` (checked by TypeId), so the casts reinterpret nothing; the caller's contract is
         // forwarded, and `amx::available()` has checked the CPU features and obtained the tile permission.
-        unsafe {
-            amx::gemm(
-                m,
-                n,
-                k,
-                dst.cast::<f32>(),
-                dst_rs,
-                dst_cs,
-                accumulate,
-                lhs.cast::<f32>(),
-                lhs_rs,
-                lhs_cs,
-                rhs.cast::<f32>(),
-                rhs_rs,
-                rhs_cs,
-                scale.to_f32(),
-                parallel,
-            );
-        }
+        let problem = blocked::Problem {
+            m,
+            n,
+            k,
+            dst: SendPtr(dst.cast::<f32>()),
+            dst_rs,
+            dst_cs,
+            lhs: SendPtr(lhs.cast::<f32>().cast_mut()),
+            lhs_rs,
+            lhs_cs,
+            rhs: SendPtr(rhs.cast::<f32>().cast_mut()),
+            rhs_rs,
+            rhs_cs,
+        };
+        unsafe { problem.run::<amx::Amx>(accumulate, scale.to_f32(), parallel) };
         return;
     }
     let _ = precision;

@@ -11,6 +11,7 @@
 use std::arch::x86_64::*;
 
 use super::bf16::bf16_bits;
+use super::blocked::{lanes, Source};
 
 /// Rows per tile, and f32 outputs per tile row.
 pub(super) const TILE_ROWS: usize = 16;
@@ -24,16 +25,6 @@ pub(super) struct Tile(pub [u16; TILE_ROWS * TILE_K]);
 
 impl Tile {
     pub(super) const ZERO: Tile = Tile([0; TILE_ROWS * TILE_K]);
-}
-
-/// Strided f32 source: element `(i, j)` at `ptr[i·rs + j·cs]`, with `rows × cols` of it in bounds.
-#[derive(Clone, Copy)]
-pub(super) struct Source {
-    pub ptr: *const f32,
-    pub rs: isize,
-    pub cs: isize,
-    pub rows: usize,
-    pub cols: usize,
 }
 
 impl Source {
@@ -83,16 +74,6 @@ pub(super) unsafe fn pack_b_scalar(tiles: &mut [Tile], b: Source) {
                 }
             }
         }
-    }
-}
-
-/// Lanes `[0, valid)` of a 16-lane mask (`valid` saturates at 16).
-#[inline(always)]
-fn lanes(valid: usize) -> __mmask16 {
-    if valid >= 16 {
-        0xffff
-    } else {
-        ((1u32 << valid) - 1) as __mmask16
     }
 }
 
