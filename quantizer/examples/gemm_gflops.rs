@@ -1,7 +1,7 @@
 //! GFLOP/s of the training engine's CPU GEMM on the matrix products of a SmolLM2-sized layer, in both matmul
 //! precisions (f32: the `gemm` crate; bf16: AMX where available).
 //!
-//! `cargo run --release -p tern-quantizer --example gemm_gflops -- [--step] [--precision f32|bf16] [--only NAME]`
+//! `cargo run --release -p tern-quantizer --example gemm_gflops -- [--step] [--precision f32|f32-avx512|bf16] [--only NAME]`
 //! (`--only` keeps the shapes whose name contains NAME, e.g. `head` or `1536`; `--threads T` runs on T threads
 //! only, instead of 1 and 2; `--steps N` times N training steps instead of 3).
 //!
@@ -20,6 +20,7 @@
 use std::time::Instant;
 
 use tern_format::Architecture;
+use tern_quantizer::engine::matmul::{self, MatMut, MatRef};
 use tern_quantizer::engine::{
     tiny_config, AdamW, AdamWConfig, Backend, Batch, CpuBackend, EngineConfig, GemmSpec, LrSchedule, MatmulPrecision,
     Objective, Parameters, QuantConfig, Recompute, SplitMix64, Transformer, WriteMode,
@@ -46,22 +47,106 @@ fn process_cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// GFLOP/s of `Backend::matmul` on `spec`: (best of three ~1 s runs by wall clock, GFLOP per CPU-second of the
-/// same runs, fastest single call). On a shared machine the second is the kernel's speed while it actually
-/// runs, and the third the speed when no other process got in the way.
-fn measure(backend: &CpuBackend<f32>, spec: GemmSpec) -> (f64, f64, f64) {
-    let (a_len, b_len) = (spec.m * spec.k, spec.k * spec.n);
-    let a: Vec<f32> = (0..a_len).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01).collect();
-    let b: Vec<f32> = (0..b_len).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.01).collect();
-    let mut out = vec![0.0f32; spec.m * spec.n];
-    let flops = 2.0 * (spec.m * spec.n * spec.k) as f64;
+/// A product to time: a dense `Backend::matmul`, or one per-head product of the attention kernels, which call
+/// the strided GEMM on views of Q, K, V and the probabilities, on one thread (the heads run in parallel).
+#[derive(Clone, Copy)]
+enum Shape {
+    Dense(GemmSpec),
+    /// `scores[64, 512] = Q_h[64 rows, 64] · K_gᵀ` (rows of Q 576 apart, of K 192).
+    AttentionScores,
+    /// `out_h[64, 64] = P[64, 512] · V_g` (rows of V 192 apart, of out 576).
+    AttentionValues,
+}
+
+fn test_values(len: usize, salt: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * (5 + 2 * salt) % 13) as f32 - 6.0) * 0.01)
+        .collect()
+}
+
+/// GFLOP/s of one product: (best of three ~1 s runs by wall clock, GFLOP per CPU-second of the same runs,
+/// fastest single call). On a shared machine the second is the kernel's speed while it actually runs, and the
+/// third the speed when no other process got in the way.
+fn measure(backend: &CpuBackend<f32>, shape: Shape) -> (f64, f64, f64) {
+    let (t, hd, qd, kvd) = (512usize, 64usize, 576usize, 192usize);
+    let (m, n, k) = match shape {
+        Shape::Dense(spec) => (spec.m, spec.n, spec.k),
+        Shape::AttentionScores => (64, t, hd),
+        Shape::AttentionValues => (64, hd, t),
+    };
+    let (a, b) = match shape {
+        Shape::Dense(_) => (test_values(m * k, 0), test_values(k * n, 1)),
+        Shape::AttentionScores => (test_values(t * qd, 0), test_values(t * kvd, 1)),
+        Shape::AttentionValues => (test_values(64 * t, 0), test_values(t * kvd, 1)),
+    };
+    let mut out = vec![
+        0.0f32;
+        if matches!(shape, Shape::AttentionValues) {
+            64 * qd
+        } else {
+            m * n
+        }
+    ];
+    let precision = backend.matmul_precision();
+    let call = |out: &mut Vec<f32>| match shape {
+        Shape::Dense(spec) => backend.matmul(out, &a, &b, spec).expect("shapes are consistent"),
+        Shape::AttentionScores => {
+            let q = MatRef {
+                data: &a,
+                rows: 64,
+                cols: hd,
+                row_stride: qd as isize,
+                col_stride: 1,
+            };
+            let k_t = MatRef {
+                data: &b,
+                rows: hd,
+                cols: t,
+                row_stride: 1,
+                col_stride: kvd as isize,
+            };
+            let dst = MatMut {
+                data: out,
+                rows: 64,
+                cols: t,
+                row_stride: t as isize,
+                col_stride: 1,
+            };
+            matmul::gemm(precision, dst, false, q, k_t, 0.125, false).expect("views fit")
+        }
+        Shape::AttentionValues => {
+            let p = MatRef {
+                data: &a,
+                rows: 64,
+                cols: t,
+                row_stride: t as isize,
+                col_stride: 1,
+            };
+            let v = MatRef {
+                data: &b,
+                rows: t,
+                cols: hd,
+                row_stride: kvd as isize,
+                col_stride: 1,
+            };
+            let dst = MatMut {
+                data: out,
+                rows: 64,
+                cols: hd,
+                row_stride: qd as isize,
+                col_stride: 1,
+            };
+            matmul::gemm(precision, dst, false, p, v, 1.0, false).expect("views fit")
+        }
+    };
+    let flops = 2.0 * (m * n * k) as f64;
     let mut fastest = f64::INFINITY;
     let mut run = |out: &mut Vec<f32>, reps: usize| {
         let (t, cpu) = (Instant::now(), process_cpu_seconds());
         for _ in 0..reps {
-            let call = Instant::now();
-            backend.matmul(out, &a, &b, spec).expect("shapes are consistent");
-            fastest = fastest.min(call.elapsed().as_secs_f64());
+            let start = Instant::now();
+            call(out);
+            fastest = fastest.min(start.elapsed().as_secs_f64());
         }
         (t.elapsed().as_secs_f64(), process_cpu_seconds() - cpu)
     };
@@ -147,15 +232,17 @@ fn precisions() -> Vec<MatmulPrecision> {
         .and_then(|i| args.get(i + 1))
     {
         Some(p) if p == "f32" => vec![MatmulPrecision::F32],
+        Some(p) if p == "f32-avx512" => vec![MatmulPrecision::F32Avx512],
         Some(p) if p == "bf16" => vec![MatmulPrecision::Bf16],
-        _ => vec![MatmulPrecision::F32, MatmulPrecision::Bf16],
+        _ => vec![MatmulPrecision::F32, MatmulPrecision::F32Avx512, MatmulPrecision::Bf16],
     }
 }
 
 fn label(precision: MatmulPrecision) -> &'static str {
     match precision {
-        MatmulPrecision::F32 => "f32 ",
-        MatmulPrecision::Bf16 => "bf16",
+        MatmulPrecision::F32 => "f32 gemm  ",
+        MatmulPrecision::F32Avx512 => "f32 avx512",
+        MatmulPrecision::Bf16 => "bf16 amx  ",
     }
 }
 
@@ -209,13 +296,36 @@ fn main() {
         mode: WriteMode::Overwrite,
     };
     let shapes = [
-        ("forward  x·Wᵀ  512×576 → 1536", gemm(512, 1536, 576, false, true)),
-        ("backward dy·W  512×1536 → 576", gemm(512, 576, 1536, false, false)),
-        ("backward dyᵀ·x 1536×512 · 512×576", gemm(1536, 576, 512, true, false)),
-        ("forward  x·Wᵀ  512×576 → 576", gemm(512, 576, 576, false, true)),
-        ("head     x·Eᵀ  512×576 → 49152", gemm(512, 49152, 576, false, true)),
-        ("head     dz·E  512×49152 → 576", gemm(512, 576, 49152, false, false)),
-        ("head     dzᵀ·x 49152×512 · 512×576", gemm(49152, 576, 512, true, false)),
+        (
+            "forward  x·Wᵀ  512×576 → 1536",
+            Shape::Dense(gemm(512, 1536, 576, false, true)),
+        ),
+        (
+            "backward dy·W  512×1536 → 576",
+            Shape::Dense(gemm(512, 576, 1536, false, false)),
+        ),
+        (
+            "backward dyᵀ·x 1536×512 · 512×576",
+            Shape::Dense(gemm(1536, 576, 512, true, false)),
+        ),
+        (
+            "forward  x·Wᵀ  512×576 → 576",
+            Shape::Dense(gemm(512, 576, 576, false, true)),
+        ),
+        (
+            "head     x·Eᵀ  512×576 → 49152",
+            Shape::Dense(gemm(512, 49152, 576, false, true)),
+        ),
+        (
+            "head     dz·E  512×49152 → 576",
+            Shape::Dense(gemm(512, 576, 49152, false, false)),
+        ),
+        (
+            "head     dzᵀ·x 49152×512 · 512×576",
+            Shape::Dense(gemm(49152, 576, 512, true, false)),
+        ),
+        ("attn     Q·Kᵀ  64×64 · 64×512 (1 thr)", Shape::AttentionScores),
+        ("attn     P·V   64×512 · 512×64 (1 thr)", Shape::AttentionValues),
     ];
     let mhz = cpu_mhz().unwrap_or(0.0);
     let peak_avx2 = 2.0 * 8.0 * 2.0 * mhz / 1000.0;
@@ -231,14 +341,16 @@ fn main() {
         .filter(|(name, _)| only.is_none_or(|o| name.contains(o.as_str())))
         .collect();
     for (threads, pool) in &pools {
-        for &(name, spec) in &shapes {
+        for &(name, shape) in &shapes {
             for backend in &backends {
-                let (wall, per_cpu, best) = pool.install(|| measure(backend, spec));
+                let (wall, per_cpu, best) = pool.install(|| measure(backend, shape));
                 let (peak_core, peak_name) = match backend.matmul_precision() {
-                    MatmulPrecision::Bf16 if tern_quantizer::engine::matmul::amx_bf16_available() => (peak_amx, "AMX"),
+                    MatmulPrecision::Bf16 if matmul::amx_bf16_available() => (peak_amx, "AMX"),
+                    MatmulPrecision::F32Avx512 if matmul::avx512_f32_available() => (peak_avx512, "AVX-512"),
                     _ => (peak_avx2, "AVX2"),
                 };
-                let peak = peak_core * *threads as f64;
+                let single = matches!(shape, Shape::AttentionScores | Shape::AttentionValues);
+                let peak = peak_core * if single { 1.0 } else { *threads as f64 };
                 println!(
                     "{threads} thread(s) {} {name:<36} {wall:7.1} GFLOP/s ({:3.0}% of {peak:.0} {peak_name} peak) \
                      {per_cpu:7.1} per CPU-s, best call {best:7.1} ({:3.0}%)",

@@ -1,7 +1,8 @@
-//! The CPU backend's matrix products in bf16 (AMX) precision: against an f64 GEMM of the bf16-rounded inputs on
-//! ragged sizes, every transpose, strided per-head views, accumulation and scaling; bit-identical results on
-//! 1, 2 and 3 rayon threads; a whole training step in bf16 against f32. Every AMX test prints that it skipped
-//! and passes on CPUs without AMX-BF16 (the backend falls back to f32 there, which `kernel_name` reports).
+//! The CPU backend's SIMD matrix products, bf16 on AMX and f32 on AVX-512F: against an f64 GEMM of the inputs
+//! as the kernel sees them (rounded to bf16 for AMX) on ragged sizes, every transpose, strided per-head views,
+//! accumulation and scaling; bit-identical results on 1, 2 and 3 rayon threads; a whole training step against
+//! the `gemm` crate's f32. A kernel the CPU lacks is skipped with a message (the backend falls back to the
+//! `gemm` crate there, which `kernel_name` reports).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -14,12 +15,42 @@ use tern_quantizer::engine::{
 
 const BF16: MatmulPrecision = MatmulPrecision::Bf16;
 
-fn amx_or_skip(test: &str) -> bool {
-    let ok = matmul::amx_bf16_available();
-    if !ok {
-        eprintln!("{test}: skipped, this CPU/OS has no AMX-BF16");
-    }
-    ok
+/// A SIMD kernel under test: its precision, what it does to inputs, and whether this machine runs it.
+#[derive(Clone, Copy)]
+struct Kernel {
+    precision: MatmulPrecision,
+    name: &'static str,
+    round: fn(f32) -> f32,
+    available: fn() -> bool,
+}
+
+const KERNELS: [Kernel; 2] = [
+    Kernel {
+        precision: MatmulPrecision::Bf16,
+        name: "AMX-BF16",
+        round: round_to_bf16,
+        available: matmul::amx_bf16_available,
+    },
+    Kernel {
+        precision: MatmulPrecision::F32Avx512,
+        name: "AVX-512F",
+        round: |x| x,
+        available: matmul::avx512_f32_available,
+    },
+];
+
+/// The kernels this machine has; prints which are skipped.
+fn kernels(test: &str) -> Vec<Kernel> {
+    KERNELS
+        .into_iter()
+        .filter(|k| {
+            let ok = (k.available)();
+            if !ok {
+                eprintln!("{test}: {} skipped, this CPU/OS does not have it", k.name);
+            }
+            ok
+        })
+        .collect()
 }
 
 fn random(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
@@ -134,18 +165,28 @@ fn error_in_ulps(dst: &[f32], dv: View, want: &[f64], magnitude: &[f64]) -> f64 
     worst
 }
 
-/// Runs one bf16 GEMM case and checks it: within `ULPS` of the bf16-input reference, and elements outside the
-/// destination view untouched.
+/// Runs one GEMM case on `kernel` and checks it: within `ULPS` of the reference on the inputs as the kernel
+/// sees them, and elements outside the destination view untouched.
 #[allow(clippy::too_many_arguments)]
-fn check_case(label: &str, dv: View, accumulate: bool, lv: View, rv: View, scale: f32, rng: &mut ChaCha8Rng) -> f64 {
+fn check_case(
+    kernel: Kernel,
+    label: &str,
+    dv: View,
+    accumulate: bool,
+    lv: View,
+    rv: View,
+    scale: f32,
+    rng: &mut ChaCha8Rng,
+) -> f64 {
+    let label = format!("{}: {label}", kernel.name);
     const ULPS: f64 = 4.0;
     let lhs = random(lv.extent(), rng);
     let rhs = random(rv.extent(), rng);
     let before = random(dv.extent(), rng);
     let mut dst = before.clone();
-    let (want, magnitude) = reference(&before, dv, accumulate, &lhs, lv, &rhs, rv, scale, round_to_bf16);
+    let (want, magnitude) = reference(&before, dv, accumulate, &lhs, lv, &rhs, rv, scale, kernel.round);
     matmul::gemm(
-        BF16,
+        kernel.precision,
         dv.of_mut(&mut dst),
         accumulate,
         lv.of(&lhs),
@@ -175,10 +216,13 @@ fn check_case(label: &str, dv: View, accumulate: bool, lv: View, rv: View, scale
 }
 
 #[test]
-fn bf16_gemm_matches_f64_reference_on_ragged_sizes_and_all_transposes() {
-    if !amx_or_skip("bf16_gemm_matches_f64_reference_on_ragged_sizes_and_all_transposes") {
-        return;
+fn simd_gemm_matches_f64_reference_on_ragged_sizes_and_all_transposes() {
+    for kernel in kernels("simd_gemm_matches_f64_reference_on_ragged_sizes_and_all_transposes") {
+        ragged_sizes_and_all_transposes(kernel);
     }
+}
+
+fn ragged_sizes_and_all_transposes(kernel: Kernel) {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let sizes = [1usize, 3, 15, 16, 17, 31, 33, 64, 100];
     let mut worst = 0.0f64;
@@ -193,6 +237,7 @@ fn bf16_gemm_matches_f64_reference_on_ragged_sizes_and_all_transposes() {
                 case += 1;
                 let label = format!("{m}×{n}×{k} ta={ta} tb={tb} acc={accumulate} scale={scale}");
                 let ulps = check_case(
+                    kernel,
                     &label,
                     View::dense(m, n, false),
                     accumulate,
@@ -217,6 +262,7 @@ fn bf16_gemm_matches_f64_reference_on_ragged_sizes_and_all_transposes() {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             let label = format!("{m}×{n}×{k} ta={ta} tb={tb}");
             let ulps = check_case(
+                kernel,
                 &label,
                 View::dense(m, n, false),
                 true,
@@ -228,14 +274,20 @@ fn bf16_gemm_matches_f64_reference_on_ragged_sizes_and_all_transposes() {
             worst = worst.max(ulps);
         }
     }
-    eprintln!("worst error {worst:.3} ulps of the accumulated magnitude");
+    eprintln!(
+        "{}: worst error {worst:.3} ulps of the accumulated magnitude",
+        kernel.name
+    );
 }
 
 #[test]
-fn bf16_gemm_on_strided_views() {
-    if !amx_or_skip("bf16_gemm_on_strided_views") {
-        return;
+fn simd_gemm_on_strided_views() {
+    for kernel in kernels("simd_gemm_on_strided_views") {
+        strided_views(kernel);
     }
+}
+
+fn strided_views(kernel: Kernel) {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     // Attention's per-head views: scores[t, t] = Q_h[t, hd] · K_hᵀ with Q rows of q_dim and K rows of kv_dim,
     // head h at column offset h·hd; then out_h[t, hd] (rows of q_dim) = P[t, t] · V_h.
@@ -271,10 +323,10 @@ fn bf16_gemm_on_strided_views() {
             rs: qd as isize,
             cs: 1,
         };
-        check_case("Q·Kᵀ", scores, false, q, k_t, 0.125, &mut rng);
-        check_case("P·V", out, false, scores, v, 1.0, &mut rng);
+        check_case(kernel, "Q·Kᵀ", scores, false, q, k_t, 0.125, &mut rng);
+        check_case(kernel, "P·V", out, false, scores, v, 1.0, &mut rng);
         // dV_g += Pᵀ·dO_h: a transposed view of P.
-        check_case("Pᵀ·dO", v, true, View::dense(t, t, true), q, 1.0, &mut rng);
+        check_case(kernel, "Pᵀ·dO", v, true, View::dense(t, t, true), q, 1.0, &mut rng);
     }
     // Neither dimension contiguous (the packers' scalar path) and a column-strided destination (scalar
     // write-back).
@@ -299,12 +351,13 @@ fn bf16_gemm_on_strided_views() {
         rs: 1,
         cs: 2 * 37,
     };
-    check_case("general strides", dst, true, lhs, rhs, 2.0, &mut rng);
+    check_case(kernel, "general strides", dst, true, lhs, rhs, 2.0, &mut rng);
 }
 
 #[test]
 fn bf16_gemm_rounds_its_inputs_and_is_not_the_f32_product() {
-    if !amx_or_skip("bf16_gemm_rounds_its_inputs_and_is_not_the_f32_product") {
+    if !matmul::amx_bf16_available() {
+        eprintln!("bf16_gemm_rounds_its_inputs_and_is_not_the_f32_product: skipped, no AMX-BF16");
         return;
     }
     // Against the unrounded inputs the error is bf16-sized (~2⁻⁹ relative), far above the tolerance the bf16
@@ -325,10 +378,13 @@ fn bf16_gemm_rounds_its_inputs_and_is_not_the_f32_product() {
 }
 
 #[test]
-fn bf16_gemm_is_bit_identical_on_1_2_and_3_threads() {
-    if !amx_or_skip("bf16_gemm_is_bit_identical_on_1_2_and_3_threads") {
-        return;
+fn simd_gemm_is_bit_identical_on_1_2_and_3_threads() {
+    for kernel in kernels("simd_gemm_is_bit_identical_on_1_2_and_3_threads") {
+        bit_identical_on_1_2_and_3_threads(kernel);
     }
+}
+
+fn bit_identical_on_1_2_and_3_threads(kernel: Kernel) {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     // Large enough for several tasks and k chunks, ragged in every dimension; either operand the larger (it is
     // the one the tasks pack chunk by chunk), and more than 64 panels of the other (split over tasks too).
@@ -345,53 +401,55 @@ fn bf16_gemm_is_bit_identical_on_1_2_and_3_threads() {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 let mut dst = start.clone();
-                matmul::gemm(BF16, dv.of_mut(&mut dst), true, lv.of(&lhs), rv.of(&rhs), 0.75, true).unwrap();
+                matmul::gemm(
+                    kernel.precision,
+                    dv.of_mut(&mut dst),
+                    true,
+                    lv.of(&lhs),
+                    rv.of(&rhs),
+                    0.75,
+                    true,
+                )
+                .unwrap();
                 dst.iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
             })
         };
         let one = run(1);
-        assert!(run(2) == one, "{m}×{n}×{k}: 2 threads differ from 1");
-        assert!(run(3) == one, "{m}×{n}×{k}: 3 threads differ from 1");
+        assert!(run(2) == one, "{}: {m}×{n}×{k}: 2 threads differ from 1", kernel.name);
+        assert!(run(3) == one, "{}: {m}×{n}×{k}: 3 threads differ from 1", kernel.name);
     }
 }
 
 #[test]
 fn backend_matmul_uses_the_chosen_precision() {
     let f32_backend = CpuBackend::<f32>::new();
-    let bf16_backend = f32_backend.with_matmul_precision(BF16);
     assert_eq!(f32_backend.matmul_precision(), MatmulPrecision::F32);
-    assert_eq!(bf16_backend.matmul_precision(), BF16);
-    eprintln!(
-        "f32: {}; bf16: {}",
-        f32_backend.matmul_kernel_name(),
-        bf16_backend.matmul_kernel_name()
-    );
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let (m, n, k) = (33, 47, 70);
-    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-        let (lv, rv, dv) = (View::dense(m, k, ta), View::dense(k, n, tb), View::dense(m, n, false));
-        let (a, b) = (random(m * k, &mut rng), random(k * n, &mut rng));
-        let spec = GemmSpec {
-            m,
-            n,
-            k,
-            a_transposed: ta,
-            b_transposed: tb,
-            mode: WriteMode::Overwrite,
-        };
-        let mut out = vec![0.0f32; m * n];
-        f32_backend.matmul(&mut out, &a, &b, spec).unwrap();
-        let (exact, magnitude) = reference(&out, dv, false, &a, lv, &b, rv, 1.0, |x| x);
-        assert!(error_in_ulps(&out, dv, &exact, &magnitude) <= 4.0, "f32 path");
-        bf16_backend.matmul(&mut out, &a, &b, spec).unwrap();
-        let (rounded, magnitude) = reference(&out, dv, false, &a, lv, &b, rv, 1.0, round_to_bf16);
-        if matmul::amx_bf16_available() {
-            assert!(error_in_ulps(&out, dv, &rounded, &magnitude) <= 4.0, "bf16 path");
-        } else {
-            assert!(
-                error_in_ulps(&out, dv, &exact, &magnitude) <= 4.0,
-                "bf16 fallback is the f32 path"
-            );
+    for kernel in KERNELS {
+        let backend = f32_backend.with_matmul_precision(kernel.precision);
+        assert_eq!(backend.matmul_precision(), kernel.precision);
+        eprintln!("{:?}: {}", kernel.precision, backend.matmul_kernel_name());
+        // Where the kernel is missing the backend runs the `gemm` crate's f32 instead.
+        let round = if (kernel.available)() { kernel.round } else { |x| x };
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (lv, rv, dv) = (View::dense(m, k, ta), View::dense(k, n, tb), View::dense(m, n, false));
+            let (a, b) = (random(m * k, &mut rng), random(k * n, &mut rng));
+            let spec = GemmSpec {
+                m,
+                n,
+                k,
+                a_transposed: ta,
+                b_transposed: tb,
+                mode: WriteMode::Overwrite,
+            };
+            let mut out = vec![0.0f32; m * n];
+            f32_backend.matmul(&mut out, &a, &b, spec).unwrap();
+            let (exact, magnitude) = reference(&out, dv, false, &a, lv, &b, rv, 1.0, |x| x);
+            assert!(error_in_ulps(&out, dv, &exact, &magnitude) <= 4.0, "f32 path");
+            backend.matmul(&mut out, &a, &b, spec).unwrap();
+            let (want, magnitude) = reference(&out, dv, false, &a, lv, &b, rv, 1.0, round);
+            assert!(error_in_ulps(&out, dv, &want, &magnitude) <= 4.0, "{}", kernel.name);
         }
     }
 }
@@ -416,7 +474,7 @@ fn strided_gemm_rejects_views_outside_their_slices() {
             col_stride: cs,
         }
     }
-    for precision in [MatmulPrecision::F32, BF16] {
+    for precision in [MatmulPrecision::F32, MatmulPrecision::F32Avx512, BF16] {
         assert!(matmul::gemm(
             precision,
             dst(&mut out, 4, 1),
@@ -504,32 +562,44 @@ fn two_losses(backend: &CpuBackend<f32>) -> (f64, f64) {
 }
 
 #[test]
-fn bf16_training_step_tracks_f32_and_is_deterministic() {
-    if !amx_or_skip("bf16_training_step_tracks_f32_and_is_deterministic") {
-        return;
-    }
+fn simd_training_step_tracks_f32_and_is_deterministic() {
     let f32_backend = CpuBackend::<f32>::new();
-    let bf16_backend = f32_backend.with_matmul_precision(BF16);
     let (f32_first, f32_second) = two_losses(&f32_backend);
-    let (bf16_first, bf16_second) = two_losses(&bf16_backend);
-    eprintln!("losses f32 {f32_first:.6} → {f32_second:.6}, bf16 {bf16_first:.6} → {bf16_second:.6}");
-    for (f, b) in [(f32_first, bf16_first), (f32_second, bf16_second)] {
-        assert!((f - b).abs() <= 1e-2 * f.abs(), "bf16 loss {b} vs f32 {f}");
+    for kernel in kernels("simd_training_step_tracks_f32_and_is_deterministic") {
+        let backend = f32_backend.with_matmul_precision(kernel.precision);
+        let (first, second) = two_losses(&backend);
+        eprintln!(
+            "{}: losses {first:.6} → {second:.6}, gemm crate f32 {f32_first:.6} → {f32_second:.6}",
+            kernel.name
+        );
+        // bf16 inputs move the loss by ~1e-4 relative here; f32 on another summation order by ~1e-7.
+        let tolerance = if kernel.precision == BF16 { 1e-2 } else { 1e-5 };
+        for (f, b) in [(f32_first, first), (f32_second, second)] {
+            assert!(
+                (f - b).abs() <= tolerance * f.abs(),
+                "{}: loss {b} vs f32 {f}",
+                kernel.name
+            );
+        }
+        // The step moved the loss by much more than the gap, so the comparison above says something.
+        assert!((f32_first - f32_second).abs() > 10.0 * (f32_second - second).abs());
+        if kernel.precision == BF16 {
+            assert_ne!(
+                f32_first.to_bits(),
+                first.to_bits(),
+                "bf16 products should change the bits"
+            );
+        }
+        let again = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap()
+            .install(|| two_losses(&backend));
+        assert_eq!(
+            (again.0.to_bits(), again.1.to_bits()),
+            (first.to_bits(), second.to_bits()),
+            "{}: another run on 3 threads",
+            kernel.name
+        );
     }
-    // The step moved the loss by much more than the bf16/f32 gap, so the comparison above says something.
-    assert!((f32_first - f32_second).abs() > 10.0 * (f32_second - bf16_second).abs());
-    assert_ne!(
-        f32_first.to_bits(),
-        bf16_first.to_bits(),
-        "bf16 products should differ from f32 in the bits"
-    );
-    let again = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap()
-        .install(|| two_losses(&bf16_backend));
-    assert_eq!(
-        (again.0.to_bits(), again.1.to_bits()),
-        (bf16_first.to_bits(), bf16_second.to_bits())
-    );
 }

@@ -1,16 +1,21 @@
 //! The CPU backend's matrix products: `dst[m, n] = (accumulate ? dst : 0) + scale · lhs[m, k] · rhs[k, n]` on
-//! strided operands, in one of two precisions ([`MatmulPrecision`]).
+//! strided operands, in one of three modes ([`MatmulPrecision`]).
 //!
 //! * `F32` (the default): the `gemm` crate (AVX2/FMA on stable Rust), exactly as the engine always ran.
+//! * `F32Avx512`: f32 too, on this crate's AVX-512F kernel ([`avx512`]) where the CPU has it: about 1.4× the
+//!   `gemm` crate on AVX-512 machines, but a different summation order, so not the same bits as `F32`.
 //! * `Bf16`: inputs rounded to bfloat16 (round to nearest even) while they are packed, products accumulated in
-//!   f32 by the AMX tile unit ([`amx`]) where the CPU and the kernel allow it; elsewhere, and always for `f64`,
-//!   the `F32` path runs (and [`kernel_name`] says so).
+//!   f32 by the AMX tile unit ([`amx`]): about 7× the `gemm` crate where AMX-BF16 exists.
 //!
-//! Both paths are deterministic: each output element is one fixed sequence of operations over the whole `k`
-//! range whatever the number of rayon threads (the work is split over output blocks only, never over `k`).
+//! A mode the CPU (or the element type: `f64` always) cannot run falls back to `F32`, and [`kernel_name`]
+//! says so. Every path is deterministic: each output element is one fixed sequence of operations over the
+//! whole `k` range whatever the number of rayon threads (work is split over output blocks, never over `k`).
+//! The two SIMD kernels share one blocked driver ([`blocked`]).
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod bf16;
 #[cfg(target_arch = "x86_64")]
 mod blocked;
@@ -30,9 +35,11 @@ const PARALLEL_GEMM_MIN_WORK: usize = 1 << 16;
 /// The arithmetic of the CPU backend's matrix products.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum MatmulPrecision {
-    /// f32 inputs and accumulation (the `gemm` crate).
+    /// f32 inputs and accumulation (the `gemm` crate): the engine's original results, bit for bit.
     #[default]
     F32,
+    /// f32 inputs and accumulation on the AVX-512F kernel where available, else as `F32`.
+    F32Avx512,
     /// bf16 inputs (rounded to nearest even), f32 accumulation: AMX where available, else as `F32`.
     Bf16,
 }
@@ -49,14 +56,54 @@ pub fn amx_bf16_available() -> bool {
     }
 }
 
+/// Whether this CPU has the AVX-512F kernel's instructions.
+pub fn avx512_f32_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The SIMD kernel `precision` selects for element type `T` on this machine, if any (else the `gemm` crate).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    GemmCrate,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Amx,
+}
+
+fn kernel_for<T: Float>(precision: MatmulPrecision) -> Kernel {
+    let is_f32 = TypeId::of::<T>() == TypeId::of::<f32>();
+    match precision {
+        #[cfg(target_arch = "x86_64")]
+        MatmulPrecision::F32Avx512 if is_f32 && avx512::available() => Kernel::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        MatmulPrecision::Bf16 if is_f32 && amx::available() => Kernel::Amx,
+        _ => {
+            let _ = is_f32;
+            Kernel::GemmCrate
+        }
+    }
+}
+
 /// The kernel a matrix product of element type `T` runs in `precision`, for logs.
 pub fn kernel_name<T: Float>(precision: MatmulPrecision) -> &'static str {
     let is_f32 = TypeId::of::<T>() == TypeId::of::<f32>();
-    match precision {
-        MatmulPrecision::F32 => "gemm crate (f32)",
-        MatmulPrecision::Bf16 if is_f32 && amx_bf16_available() => "AMX-BF16 (bf16 inputs, f32 accumulation)",
-        MatmulPrecision::Bf16 if is_f32 => "gemm crate (f32; bf16 requested but AMX-BF16 is unavailable)",
-        MatmulPrecision::Bf16 => "gemm crate (f64; bf16 applies to f32 only)",
+    match (kernel_for::<T>(precision), precision) {
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Avx512, _) => "AVX-512F (f32)",
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Amx, _) => "AMX-BF16 (bf16 inputs, f32 accumulation)",
+        (_, MatmulPrecision::F32) => "gemm crate (f32)",
+        _ if !is_f32 => "gemm crate (f64; the SIMD kernels are f32 only)",
+        (_, MatmulPrecision::F32Avx512) => "gemm crate (f32; AVX-512F requested but unavailable)",
+        (_, MatmulPrecision::Bf16) => "gemm crate (f32; bf16 requested but AMX-BF16 is unavailable)",
     }
 }
 
@@ -245,10 +292,8 @@ pub(crate) unsafe fn gemm_strided_with<T: Float>(
     let threads = rayon::current_num_threads();
     let parallel = parallel && threads > 1 && m * n * k >= PARALLEL_GEMM_MIN_WORK;
     #[cfg(target_arch = "x86_64")]
-    if precision == MatmulPrecision::Bf16 && TypeId::of::<T>() == TypeId::of::<f32>() && amx::available() {
-        // SAFETY: `T` is `f32` (checked by TypeId), so the casts reinterpret nothing; the caller's contract is
-        // forwarded, and `amx::available()` has checked the CPU features and obtained the tile permission.
-        let problem = blocked::Problem {
+    {
+        let problem = || blocked::Problem {
             m,
             n,
             k,
@@ -262,8 +307,20 @@ pub(crate) unsafe fn gemm_strided_with<T: Float>(
             rhs_rs,
             rhs_cs,
         };
-        unsafe { problem.run::<amx::Amx>(accumulate, scale.to_f32(), parallel) };
-        return;
+        // SAFETY (both kernels): `T` is `f32` (`kernel_for` picks them for f32 only), so the casts reinterpret
+        // nothing; the caller's contract is forwarded; `kernel_for` checked the CPU features (and for AMX the
+        // tile permission).
+        match kernel_for::<T>(precision) {
+            Kernel::Amx => {
+                unsafe { problem().run::<amx::Amx>(accumulate, scale.to_f32(), parallel) };
+                return;
+            }
+            Kernel::Avx512 => {
+                unsafe { problem().run::<avx512::Avx512>(accumulate, scale.to_f32(), parallel) };
+                return;
+            }
+            Kernel::GemmCrate => {}
+        }
     }
     let _ = precision;
     let parallelism = if parallel {

@@ -138,6 +138,19 @@ pub(super) unsafe fn transpose_16x16(block: *mut u8) {
     for (i, v) in r.iter_mut().enumerate() {
         *v = _mm512_load_si512(p.add(i));
     }
+    transpose_registers(&mut r);
+    for (i, v) in r.iter().enumerate() {
+        _mm512_store_si512(p.add(i), *v);
+    }
+}
+
+/// Transposes 16 vectors of 16 32-bit elements as a 16×16 matrix.
+///
+/// # Safety
+/// AVX-512F available.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn transpose_registers(r: &mut [__m512i; 16]) {
     // 2×2 blocks of 32-bit elements, then of 64-bit pairs, then of 128-bit lanes (twice).
     let mut t = [_mm512_setzero_si512(); 16];
     for i in 0..8 {
@@ -161,9 +174,6 @@ pub(super) unsafe fn transpose_16x16(block: *mut u8) {
     for i in 0..8 {
         r[i] = _mm512_shuffle_i32x4::<0x88>(t[i], t[8 + i]);
         r[8 + i] = _mm512_shuffle_i32x4::<0xdd>(t[i], t[8 + i]);
-    }
-    for (i, v) in r.iter().enumerate() {
-        _mm512_store_si512(p.add(i), *v);
     }
 }
 
