@@ -1,5 +1,6 @@
 //! CPU backend: `Vec<T>` buffers, rayon for the elementwise/row kernels, [`super::matmul`] for matrix products
-//! (the `gemm` crate in f32 by default; AMX-BF16 with [`CpuBackend::with_matmul_precision`]).
+//! (the `gemm` crate in f32 by default; the AVX-512F f32 or AMX-BF16 kernels with
+//! [`CpuBackend::with_matmul_precision`]).
 //!
 //! Why `gemm` rather than `matrixmultiply`: measured on this machine (2 Zen 4 cores at 2.445 GHz, AVX2/FMA
 //! exposed, so a core's f32 peak is 2 FMA pipes × 8 lanes × 2 flops × 2.445 GHz = 78 GFLOP/s) on the
