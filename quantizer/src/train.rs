@@ -88,6 +88,10 @@ pub struct TrainConfig {
     /// Mixed precision: linear weights kept at an integer precision (by name); the rest are ternary.
     #[serde(default)]
     pub precisions: Vec<(String, LinearPrecision)>,
+    /// The matrix-product kernel the backend uses (`CpuBackend::matmul_kernel_name`): recorded so that a resume
+    /// with another kernel, which could not continue bit for bit, is refused.
+    #[serde(default)]
+    pub matmul: String,
     pub ce_weight: f64,
     /// Weight of the KL divergence to the full-precision teacher (0: no teacher).
     pub kl_weight: f64,
@@ -149,6 +153,7 @@ impl Default for TrainConfig {
             scale_groups: ScaleGroups::PerTensor,
             hestia: None,
             precisions: Vec::new(),
+            matmul: String::new(),
             ce_weight: 1.0,
             kl_weight: 0.0,
             temperature: 1.0,

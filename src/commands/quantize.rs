@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use tern_format::TernaryLayout;
 use tern_quantizer::data::DEFAULT_HELD_OUT_FRACTION;
 use tern_quantizer::engine::quant::schedule::{AnnealShape, TemperatureStyle};
+use tern_quantizer::engine::matmul::MatmulPrecision;
 use tern_quantizer::engine::{CpuBackend, LinearPrecision, ScaleGroups};
 use tern_quantizer::hessian::mixed::Budget;
 use tern_quantizer::hessian::{TraceConfig, TraceMethod};
@@ -49,6 +50,28 @@ pub enum RecipeArg {
 pub enum Device {
     Cpu,
     Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    Auto,
+    Bf16,
+    #[value(name = "f32-avx512")]
+    F32Avx512,
+    F32,
+}
+
+/// The CPU backend the arguments ask for.
+pub fn cpu_backend(p: PrecisionArg) -> CpuBackend<f32> {
+    use tern_quantizer::engine::matmul::{amx_bf16_available, avx512_f32_available};
+    let precision = match p {
+        PrecisionArg::Auto if amx_bf16_available() => MatmulPrecision::Bf16,
+        PrecisionArg::Auto if avx512_f32_available() => MatmulPrecision::F32Avx512,
+        PrecisionArg::Auto | PrecisionArg::F32 => MatmulPrecision::F32,
+        PrecisionArg::Bf16 => MatmulPrecision::Bf16,
+        PrecisionArg::F32Avx512 => MatmulPrecision::F32Avx512,
+    };
+    CpuBackend::<f32>::new().with_matmul_precision(precision)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -225,6 +248,10 @@ pub struct Args {
     // ---- operation ----
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
+    /// Matrix products: auto (bf16 on AMX where the CPU has it, else f32 on AVX-512, else f32), bf16 (bf16
+    /// inputs, f32 accumulation; f32 without AMX), f32-avx512, or f32 (the gemm crate; the reference).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: PrecisionArg,
     /// Run directory: checkpoints, metrics.jsonl, plots, caches (default: OUT with `.run` appended).
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
@@ -380,6 +407,7 @@ pub fn recipe(args: &Args) -> anyhow::Result<Recipe> {
         scale_groups: groups,
         hestia: hestia_opt,
         precisions: Vec::new(),
+        matmul: String::new(),
         seed: args.seed,
         checkpoint_every: args.checkpoint_every,
         keep_checkpoints: args.keep_checkpoints,
@@ -465,14 +493,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .build_global()
             .context("configuring the thread pool")?;
     }
-    let recipe = recipe(&args)?;
+    let backend = cpu_backend(args.precision);
+    let mut recipe = recipe(&args)?;
+    for stage in &mut recipe.stages {
+        match stage {
+            Stage::EndToEnd(t) => t.matmul = backend.matmul_kernel_name().to_string(),
+            Stage::Blockwise(b) => b.matmul = backend.matmul_kernel_name().to_string(),
+        }
+    }
+    eprintln!("matrix products: {}", backend.matmul_kernel_name());
     let src = load_source(&args)?;
     let run_dir = args.checkpoint_dir.clone().unwrap_or_else(|| {
         let mut s = args.output.clone().into_os_string();
         s.push(".run");
         PathBuf::from(s)
     });
-    let backend = CpuBackend::<f32>::new();
     let debug = DebugOptions {
         nan_gradient_at_step: args.debug_nan_at_step,
         sleep_per_step: args.debug_sleep_ms.map(Duration::from_millis),

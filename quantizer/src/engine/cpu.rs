@@ -1,4 +1,6 @@
-//! CPU backend: `Vec<T>` buffers, rayon for the elementwise/row kernels, the `gemm` crate for matrix products.
+//! CPU backend: `Vec<T>` buffers, rayon for the elementwise/row kernels, [`super::matmul`] for matrix products
+//! (the `gemm` crate in f32 by default; the AVX-512F f32 or AMX-BF16 kernels with
+//! [`CpuBackend::with_matmul_precision`]).
 //!
 //! Why `gemm` rather than `matrixmultiply`: measured on this machine (2 Zen 4 cores at 2.445 GHz, AVX2/FMA
 //! exposed, so a core's f32 peak is 2 FMA pipes × 8 lanes × 2 flops × 2.445 GHz = 78 GFLOP/s) on the
@@ -18,94 +20,41 @@ use super::backend::{
 };
 use super::error::{ensure, EngineResult};
 use super::layers::{attention, cross_entropy, embedding, kl_div, mlp, mse, rmsnorm, rope};
+use super::matmul::{gemm_strided_with, MatmulPrecision};
 use super::quant::{self, LinearPrecision, SoftState};
 use super::scalar::Float;
 
-/// Below this many multiply-adds a GEMM runs on the calling thread: rayon's fork/join would cost more.
-const PARALLEL_GEMM_MIN_WORK: usize = 1 << 16;
 /// Elements per task of the deterministic sum of squares and of the AdamW update.
 const CHUNK: usize = 1 << 14;
 
 /// The CPU backend, in `f32` for training or `f64` for gradient checks.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend<T: Float> {
+    matmul: MatmulPrecision,
     _elem: PhantomData<T>,
 }
 
 impl<T: Float> CpuBackend<T> {
+    /// f32 matrix products (the `gemm` crate).
     pub fn new() -> Self {
-        Self { _elem: PhantomData }
+        Self::default()
     }
-}
 
-/// `dst[m, n] = (accumulate ? dst : 0) + scale · lhs[m, k] · rhs[k, n]` on strided operands (`*_rs` row
-/// stride, `*_cs` column stride, in elements). `parallel` lets the GEMM split its work over the rayon pool.
-///
-/// # Safety
-/// Every element addressed by the shapes and strides must lie inside a live allocation; `dst` must not overlap
-/// `lhs` or `rhs`, and nothing else may access `dst`'s elements during the call.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_strided<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut T,
-    dst_rs: isize,
-    dst_cs: isize,
-    accumulate: bool,
-    lhs: *const T,
-    lhs_rs: isize,
-    lhs_cs: isize,
-    rhs: *const T,
-    rhs_rs: isize,
-    rhs_cs: isize,
-    scale: T,
-    parallel: bool,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    // SAFETY: in bounds per the caller's contract.
-                    unsafe { *dst.offset(i as isize * dst_rs + j as isize * dst_cs) = T::ZERO };
-                }
-            }
+    /// The same backend with its [`Backend::matmul`] products in `precision` (see [`MatmulPrecision`]).
+    pub fn with_matmul_precision(self, precision: MatmulPrecision) -> Self {
+        Self {
+            matmul: precision,
+            ..self
         }
-        return;
     }
-    let threads = rayon::current_num_threads();
-    let parallelism = if parallel && threads > 1 && m * n * k >= PARALLEL_GEMM_MIN_WORK {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: forwarded caller contract. `gemm` computes dst = alpha·dst + beta·lhs·rhs (dst read only when
-    // `read_dst`), with (column stride, row stride) argument order.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs,
-            dst_rs,
-            accumulate,
-            lhs,
-            lhs_cs,
-            lhs_rs,
-            rhs,
-            rhs_cs,
-            rhs_rs,
-            T::ONE,
-            scale,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+
+    pub fn matmul_precision(&self) -> MatmulPrecision {
+        self.matmul
+    }
+
+    /// The kernel [`Backend::matmul`] runs, for logs (e.g. whether bf16 found AMX).
+    pub fn matmul_kernel_name(&self) -> &'static str {
+        super::matmul::kernel_name::<T>(self.matmul)
     }
 }
 
@@ -225,7 +174,8 @@ impl<T: Float> Backend for CpuBackend<T> {
         let (b_rs, b_cs) = if b_transposed { (1, k as isize) } else { (n as isize, 1) };
         // SAFETY: lengths checked above cover every addressed element; `out` is a distinct &mut borrow.
         unsafe {
-            gemm_strided(
+            gemm_strided_with(
+                self.matmul,
                 m,
                 n,
                 k,
@@ -382,7 +332,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         same_len("attention_forward", "k", k.len(), dims.rows() * dims.kv_dim())?;
         same_len("attention_forward", "v", v.len(), dims.rows() * dims.kv_dim())?;
         same_len("attention_forward", "probs", probs.len(), dims.probs_len())?;
-        attention::forward_cpu(out, probs, q, k, v, dims);
+        attention::forward_cpu(out, probs, q, k, v, dims, self.matmul);
         Ok(())
     }
 
@@ -414,7 +364,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         ] {
             same_len("attention_backward", what, len, want)?;
         }
-        attention::backward_cpu(dq, dk, dv, scratch, dout, q, k, v, probs, dims);
+        attention::backward_cpu(dq, dk, dv, scratch, dout, q, k, v, probs, dims, self.matmul);
         Ok(())
     }
 

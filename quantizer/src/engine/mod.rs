@@ -2,7 +2,8 @@
 //! quantization-aware training (absmean ternary weights, optional int8 activations, straight-through
 //! gradients), AdamW, and a backend interface that a CUDA implementation can fill in.
 //!
-//! * [`backend`]: the [`Backend`] trait (storage + kernels); [`cpu`]: [`CpuBackend`] (rayon + `gemm`).
+//! * [`backend`]: the [`Backend`] trait (storage + kernels); [`cpu`]: [`CpuBackend`] (rayon + [`matmul`]: `gemm` crate
+//!   f32 or AMX-BF16).
 //! * [`layers`]: one forward/backward pair per layer.
 //! * [`model`]: [`Transformer`], [`Parameters`], [`ParamLayout`], activation recomputation, memory accounting.
 //! * [`optim`]: [`AdamW`], learning-rate schedules, clipping.
@@ -14,6 +15,7 @@ pub mod block_model;
 pub mod cpu;
 pub mod error;
 pub mod layers;
+pub mod matmul;
 pub mod model;
 pub mod optim;
 pub mod quant;
@@ -28,6 +30,7 @@ pub use block_model::{BlockLayout, BlockLoss, BlockModel};
 pub use cpu::CpuBackend;
 pub use error::{EngineError, EngineResult, NonFiniteSource};
 pub use layers::{ParamId, QuantScratch, Weights};
+pub use matmul::MatmulPrecision;
 pub use model::{
     estimate_memory, tiny_config, Batch, EngineConfig, LayerParamIds, LossReport, MemoryEstimate, Objective, ParamKind,
     ParamLayout, ParamSpec, Parameters, QuantConfig, Recompute, StepReport, Transformer,

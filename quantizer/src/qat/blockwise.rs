@@ -77,6 +77,9 @@ pub struct BlockwiseConfig {
     /// Mixed precision: linear weights kept at an integer precision (by name).
     #[serde(default)]
     pub precisions: Vec<(String, LinearPrecision)>,
+    /// The backend's matrix-product kernel (a resume with another one is refused).
+    #[serde(default)]
+    pub matmul: String,
     pub seed: u64,
     // ---- do not affect the weights ----
     pub checkpoint_every: u64,
@@ -102,6 +105,7 @@ impl Default for BlockwiseConfig {
             scale_groups: ScaleGroups::PerTensor,
             hestia: None,
             precisions: Vec::new(),
+            matmul: String::new(),
             seed: 0,
             checkpoint_every: 50,
             keep_checkpoints: 2,
