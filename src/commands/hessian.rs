@@ -106,16 +106,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let backend = crate::commands::quantize::cpu_backend(args.precision);
     eprintln!("matrix products: {}", backend.matmul_kernel_name());
-    let table = compute_traces(
-        &backend,
-        &src,
-        &batches,
-        &config,
-        &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        },
-    )?;
+    let table = compute_traces(&backend, &src, &batches, &config, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
     bar.finish_and_clear();
     let scales = temperature_scales(
         &table,

@@ -58,6 +58,25 @@ impl<T: Float> CpuBackend<T> {
     }
 }
 
+/// `Σ a_i·b_i` in f64 with eight independent accumulators (lane `j` takes elements `j, j + 8, …`), added in a fixed
+/// order at the end: deterministic, and the compiler vectorises it (one f64 chain was 8% of a training step).
+fn lane_sum<T: Float>(a: &[T], b: &[T]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for j in 0..LANES {
+            acc[j] += x[j].to_f64() * y[j].to_f64();
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in ar.iter().zip(br) {
+        tail += x.to_f64() * y.to_f64();
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
+}
+
 fn same_len(op: &'static str, what: &'static str, got: usize, want: usize) -> EngineResult<()> {
     ensure(got == want, op, || {
         format!("{what} has {got} elements, expected {want}")
@@ -129,10 +148,7 @@ impl<T: Float> Backend for CpuBackend<T> {
     }
 
     fn sum_squares(&self, buf: &Vec<T>) -> EngineResult<f64> {
-        let partials: Vec<f64> = buf
-            .par_chunks(CHUNK)
-            .map(|c| c.iter().map(|&x| x.to_f64() * x.to_f64()).sum::<f64>())
-            .collect();
+        let partials: Vec<f64> = buf.par_chunks(CHUNK).map(|c| lane_sum(c, c)).collect();
         Ok(partials.iter().sum())
     }
 
@@ -141,7 +157,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         let partials: Vec<f64> = a
             .par_chunks(CHUNK)
             .zip(b.par_chunks(CHUNK))
-            .map(|(a, b)| a.iter().zip(b).map(|(&x, &y)| x.to_f64() * y.to_f64()).sum::<f64>())
+            .map(|(a, b)| lane_sum(a, b))
             .collect();
         Ok(partials.iter().sum())
     }
