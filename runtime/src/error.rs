@@ -46,6 +46,8 @@ pub enum RuntimeError {
     NoLogits,
     /// Buffer sizes overflow `usize` on this target.
     SizeOverflow,
+    /// The `TERN_KERNELS` environment variable names a kernel table this CPU cannot run (or none at all).
+    KernelsUnavailable,
 }
 
 impl From<FormatError> for RuntimeError {
@@ -115,6 +117,10 @@ impl fmt::Display for RuntimeError {
             UnknownToken { token, vocab } => write!(f, "token id {token} is outside the vocabulary of {vocab}"),
             NoLogits => write!(f, "no logits yet: run a forward pass first"),
             SizeOverflow => write!(f, "buffer sizes overflow this target's address space"),
+            KernelsUnavailable => write!(
+                f,
+                "TERN_KERNELS names a kernel table this CPU cannot run (`tern bench --kernels all` lists them)"
+            ),
         }
     }
 }

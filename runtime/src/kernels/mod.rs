@@ -130,9 +130,33 @@ pub static SCALAR: Kernels = Kernels {
     matmul: matmul_generic,
 };
 
+/// Every table this CPU can run, the scalar reference first and the fastest last.
+pub fn available() -> &'static [&'static Kernels] {
+    static TABLES: [&Kernels; 1] = [&SCALAR];
+    &TABLES
+}
+
 /// The fastest table this CPU supports (run-time dispatch point for the SIMD implementations).
 pub fn best() -> &'static Kernels {
-    &SCALAR
+    available().last().copied().unwrap_or(&SCALAR)
+}
+
+/// Environment variable that forces a kernel table by name (read once per process, under `std`).
+pub const KERNELS_ENV: &str = "TERN_KERNELS";
+
+/// The table models use: the one `TERN_KERNELS` names (under `std`), else `best()`. Errors when the variable
+/// names a table this CPU cannot run, rather than silently running another.
+pub fn selected() -> Result<&'static Kernels, crate::RuntimeError> {
+    #[cfg(feature = "std")]
+    if let Ok(name) = std::env::var(KERNELS_ENV) {
+        return by_name(name.trim()).ok_or(crate::RuntimeError::KernelsUnavailable);
+    }
+    Ok(best())
+}
+
+/// The available table called `name`, if this CPU can run it.
+pub fn by_name(name: &str) -> Option<&'static Kernels> {
+    available().iter().copied().find(|k| k.name == name)
 }
 
 /// Whether `matmul` needs the int8 form of its input for this element type.
