@@ -28,6 +28,13 @@ pub enum RuntimeError {
     },
     /// A tensor's bytes are not aligned for in-place use as its element type.
     Misaligned { role: Role, layer: Option<u32> },
+    /// A matrix has more columns than `kernels::MAX_COLS` (its exact integer sums could overflow i32).
+    MatrixTooWide {
+        role: Role,
+        layer: Option<u32>,
+        cols: usize,
+        max: usize,
+    },
     /// More blocks than `model::MAX_LAYERS`.
     TooManyLayers { layers: u32, max: usize },
     /// The caller's arena is smaller than `required_arena_bytes` says.
@@ -104,6 +111,11 @@ impl fmt::Display for RuntimeError {
                 write!(f, "tensor {}", role.gguf_name())?;
                 layer_suffix(f, *layer)?;
                 write!(f, " is not aligned for in-place use")
+            }
+            MatrixTooWide { role, layer, cols, max } => {
+                write!(f, "tensor {}", role.gguf_name())?;
+                layer_suffix(f, *layer)?;
+                write!(f, " has {cols} columns; the kernels support at most {max}")
             }
             TooManyLayers { layers, max } => write!(f, "model has {layers} blocks; this build supports {max}"),
             ArenaTooSmall { needed, got } => write!(f, "arena too small: need {needed} bytes, got {got}"),

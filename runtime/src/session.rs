@@ -13,7 +13,7 @@ use tern_format::{Architecture, ModelConfig};
 
 use crate::arena::{plan, Carver, KvCache, SessionOptions};
 use crate::error::RuntimeError;
-use crate::kernels::{self, quantize_rows, ActQuant, Activations, Kernels, Matrix, QuantizedActs, CHUNK};
+use crate::kernels::{self, quantize_rows, ActFormat, ActQuant, Activations, Kernels, Matrix, QuantizedActs, CHUNK};
 use crate::model::Model;
 use crate::ops::{self, KvElem};
 use crate::parallel::{par_columns, ColTask};
@@ -146,7 +146,7 @@ impl<'s> Session<'s> {
         ops::rope_inv_freq(model.config(), b.inv_freq);
         Ok(Self {
             model,
-            kernels: kernels::best(),
+            kernels: model.kernels(),
             opts,
             q_stride: p.q_stride,
             pos: 0,
@@ -430,7 +430,7 @@ struct MatMul<'m> {
 
 impl MatMul<'_> {
     fn run(&mut self, jobs: &mut [(&Matrix<'_>, &mut [f32])], x: &[f32], cols: usize, n: usize) {
-        let quantize = jobs.iter().any(|(w, _)| kernels::needs_quantized(w.dtype));
+        let quantize = jobs.iter().any(|(w, _)| self.k.act_format(w.dtype) == ActFormat::Int8);
         if quantize {
             quantize_rows(self.k, x, cols, n, self.q_stride, self.xq, self.chunk_sums, self.quant);
         }
@@ -457,7 +457,9 @@ impl MatMul<'_> {
                 &mut [],
                 0,
                 n * w.rows * w.cols,
-                &|task: &mut ColTask<'_>| (k.matmul)(k, w, &acts, task.tokens.clone(), task.units.clone(), task.out),
+                &|task: &mut ColTask<'_>| {
+                    kernels::matmul(k, w, &acts, task.tokens.clone(), task.units.clone(), task.out)
+                },
             );
         }
     }

@@ -14,9 +14,11 @@
 //! rounding) lies within float noise of a rounding boundary, the two sides round it differently and one
 //! int8 input moves by one step, 1/127 of its row's absmax. That perturbs the logits by at most ~1e-2 of
 //! their magnitude, at the position where it happens — and, when the flipped value is a cached key or value,
-//! at every later position too (measured 4e-3..9e-3 after a flip in a K/V projection input). So the check is:
-//! at most 2 flip events per run (an event = a position above 1e-4 whose predecessor was below; a flip that
-//! persists through the KV cache is one event), and no position above 1e-2.
+//! at every later position too (measured 4e-3..9e-3 after a flip in a K/V projection input). Int8 and int4
+//! heads read int8 activations too, so the perturbed final hidden state is itself re-quantized on each side
+//! and can move a head input by one more step (measured up to 1.1e-2). So the check is: at most 2 flip events
+//! per run (an event = a position above 1e-4 whose predecessor was below; a flip that persists through the KV
+//! cache is one event), and no position above 2e-2.
 
 mod common;
 
@@ -31,7 +33,7 @@ struct Outcome {
 }
 
 const NOISE: f64 = 1e-4;
-const FLIP: f64 = 1e-2;
+const FLIP: f64 = 2e-2;
 
 impl Outcome {
     fn ok(&self) -> bool {
