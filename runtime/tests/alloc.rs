@@ -8,7 +8,6 @@ mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{build, tokens, Dense, Spec};
 use tern_format::{Architecture, ModelView, ScaleKind, TernaryLayout};
@@ -16,19 +15,21 @@ use tern_runtime::{Logits, Model, Sampler, SamplingParams, Session, SessionOptio
 
 struct Counting;
 
+// Both per thread: the test harness runs tests on parallel threads, and one test's allocations must not land
+// in another's count.
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
 }
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
 fn note() {
     if COUNTING.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
     }
 }
 
 // SAFETY: every method forwards to the system allocator with the caller's arguments unchanged; counting
-// touches only an atomic and a `const`-initialised thread-local `Cell<bool>` (which never allocates).
+// touches only `const`-initialised thread-local `Cell`s (which never allocate).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note();
@@ -55,11 +56,11 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn counted<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = ALLOCATIONS.with(Cell::get);
     COUNTING.with(|c| c.set(true));
     let r = f();
     COUNTING.with(|c| c.set(false));
-    (r, ALLOCATIONS.load(Ordering::Relaxed) - before)
+    (r, ALLOCATIONS.with(Cell::get) - before)
 }
 
 #[test]
