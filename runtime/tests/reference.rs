@@ -16,14 +16,19 @@
 //! their magnitude, at the position where it happens — and, when the flipped value is a cached key or value,
 //! at every later position too (measured 4e-3..9e-3 after a flip in a K/V projection input). Int8 and int4
 //! heads read int8 activations too, so the perturbed final hidden state is itself re-quantized on each side
-//! and can move a head input by one more step (measured up to 1.1e-2). So the check is: at most 2 flip events
-//! per run (an event = a position above 1e-4 whose predecessor was below; a flip that persists through the KV
-//! cache is one event), and no position above 2e-2.
+//! and can move a head input by one more step (measured up to 1.1e-2; 2.8e-2 in the 4-block BitNet model with
+//! a tied int4 head, whose squared-ReLU MLPs amplify the most). So the check is: at most 2 flip events per run
+//! (an event = a position above 1e-4 whose predecessor was below; a flip that persists through the KV cache
+//! is one event), and no position above 5e-2.
+//!
+//! Every kernel table this CPU runs is checked (the SIMD tables' float sums round differently from the scalar
+//! one's, so their flips fall elsewhere).
 
 mod common;
 
 use common::{build, rel_max_err, tokens, Dense, RefModel, Spec};
 use tern_format::{Architecture, ModelView, RopeScaling, RopeStyle, ScaleKind, TernaryLayout};
+use tern_runtime::kernels::{self, Kernels};
 use tern_runtime::{KvPrecision, Logits, Model, Session, SessionOptions};
 
 struct Outcome {
@@ -33,7 +38,7 @@ struct Outcome {
 }
 
 const NOISE: f64 = 1e-4;
-const FLIP: f64 = 2e-2;
+const FLIP: f64 = 5e-2;
 
 impl Outcome {
     fn ok(&self) -> bool {
@@ -44,10 +49,26 @@ impl Outcome {
 /// Runs a 23-token prompt in forward batches of 7 (logits everywhere) and 5 decode steps, comparing every
 /// position's logits with the reference.
 fn compare(spec: &Spec, seed: u64, kv: KvPrecision, threads: usize) -> Outcome {
+    let mut worst = Outcome { worst: 0.0, flips: 0 };
+    for &k in kernels::available() {
+        let o = compare_with(spec, seed, kv, threads, k);
+        if !o.ok() {
+            println!("{} table: worst {:.2e}, {} flip events", k.name, o.worst, o.flips);
+            return o;
+        }
+        worst.worst = worst.worst.max(o.worst);
+        worst.flips = worst.flips.max(o.flips);
+    }
+    worst
+}
+
+/// `compare` with one kernel table.
+fn compare_with(spec: &Spec, seed: u64, kv: KvPrecision, threads: usize, k: &'static Kernels) -> Outcome {
     let bytes = build(spec, seed);
     let view = ModelView::parse(&bytes).unwrap();
     let reference = RefModel::from_view(&view);
-    let model = Model::new(view).unwrap();
+    let mut model = Model::new(view).unwrap();
+    model.set_kernels(k);
     let opts = SessionOptions::new(spec.context as usize, 7)
         .with_kv(kv)
         .with_threads(threads);

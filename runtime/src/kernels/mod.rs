@@ -23,6 +23,9 @@
 //! exists (or writes NaN for a missing row) instead of panicking.
 
 pub mod scalar;
+mod tiles;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use core::fmt;
 use core::ops::Range;
@@ -278,12 +281,22 @@ pub static SCALAR: Kernels = Kernels {
 };
 
 /// Names of every table built for this target, whether or not this CPU can run it.
+#[cfg(target_arch = "x86_64")]
+pub const TABLE_NAMES: &[&str] = x86::NAMES;
+#[cfg(not(target_arch = "x86_64"))]
 pub const TABLE_NAMES: &[&str] = &["scalar"];
 
 /// Every table this CPU can run, the scalar reference first and the fastest last.
 pub fn available() -> &'static [&'static Kernels] {
-    static TABLES: [&Kernels; 1] = [&SCALAR];
-    &TABLES
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        static TABLES: [&Kernels; 1] = [&SCALAR];
+        &TABLES
+    }
 }
 
 /// The fastest table this CPU supports.

@@ -12,6 +12,7 @@ use half::f16;
 use tern_format::blocks::{round_half_even, BlockTernary2, BlockTernary3};
 use tern_format::{ElementType, ScaleKind};
 
+use super::tiles::{epilogue_group, epilogue_single, float_gemm};
 use super::{round_up, ActQuant, Activations, Matrix, QRow, BLOCK, CHUNK};
 
 /// Smallest absmax used for activation scaling (BitNet b1.58: `127 / max(|x|, 1e-5)`).
@@ -19,21 +20,40 @@ pub const ACT_EPS: f32 = 1e-5;
 
 /// Per-token int8 activation quantization (see `Kernels::quantize_i8`).
 pub fn quantize_i8(x: &[f32], q: &mut [i8], chunk_sums: &mut [i32]) -> ActQuant {
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let s = 127.0 / amax.max(ACT_EPS);
-    for (i, qi) in q.iter_mut().enumerate() {
-        *qi = match x.get(i) {
-            // Ties to even, as the training engine (and PyTorch BitNet code) rounds.
-            Some(&v) => round_half_even(v * s).clamp(-128.0, 127.0) as i8,
-            None => 0,
-        };
-    }
+    let s = act_scale(absmax(x));
     let mut sum = 0i32;
-    for (cs, chunk) in chunk_sums.iter_mut().zip(q.chunks(CHUNK)) {
-        *cs = chunk.iter().map(|&v| i32::from(v)).sum();
-        sum += *cs;
+    for (c, (qc, cs)) in q.chunks_mut(CHUNK).zip(chunk_sums.iter_mut()).enumerate() {
+        *cs = quantize_chunk(x.get(c * CHUNK..).unwrap_or(&[]), s, qc);
+        sum = sum.wrapping_add(*cs);
     }
     ActQuant { d: 1.0 / s, sum }
+}
+
+/// `max |x|` (NaNs ignored, as `f32::max` does).
+pub fn absmax(x: &[f32]) -> f32 {
+    x.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// The activation scale `s = 127 / max(absmax, 1e-5)`.
+#[inline]
+pub fn act_scale(absmax: f32) -> f32 {
+    127.0 / absmax.max(ACT_EPS)
+}
+
+/// Quantizes one chunk: `q[i] = clamp(round_half_even(x[i]·s), −128, 127)` (0 for a NaN product), and 0
+/// past `x.len()`; returns `Σ q`.
+pub fn quantize_chunk(x: &[f32], s: f32, q: &mut [i8]) -> i32 {
+    // The zero part apart: written as one loop with `x.get(i)`, the compiler vectorises it with masked loads,
+    // which past the end of `x` can cost a microcode assist each.
+    let (head, tail) = q.split_at_mut(x.len().min(q.len()));
+    let mut sum = 0i32;
+    for (qi, &v) in head.iter_mut().zip(x) {
+        // Ties to even, as the training engine (and PyTorch BitNet code) rounds.
+        *qi = round_half_even(v * s).clamp(-128.0, 127.0) as i8;
+        sum += i32::from(*qi);
+    }
+    tail.fill(0);
+    sum
 }
 
 /// `Σ c·x` over 2-bit codes. Weight `i` of a block is in byte `i % 16` at bit `2·(i / 16)`, so the 32-weight
@@ -254,53 +274,42 @@ pub fn int_row(w: &Matrix<'_>, r: usize, q: QRow<'_>) -> f32 {
                 let start = gi * g;
                 let end = round_up((start + g).min(w.cols), CHUNK);
                 let (dot, off) = span_sums(w.dtype, row, w.cols, start, end, q);
-                acc += dot.wrapping_sub(off) as f32 * s;
+                acc = epilogue_group(acc, dot.wrapping_sub(off), s);
             }
             acc * q.quant.d
         }
         ScaleKind::PerTensor | ScaleKind::PerRow => {
             let Some(&s) = scales.first() else { return f32::NAN };
             let (dot, off) = span_sums(w.dtype, row, w.cols, 0, padded, q);
-            dot.wrapping_sub(off) as f32 * (s * q.quant.d)
+            epilogue_single(dot.wrapping_sub(off), s, q.quant.d)
         }
         ScaleKind::None => f32::NAN,
     }
 }
 
-/// Output `r` of `W·x_t`, whatever the element type.
-pub fn value(w: &Matrix<'_>, x: &Activations<'_>, t: usize, r: usize) -> f32 {
-    match w.dtype {
-        ElementType::F16 | ElementType::F32 => {
-            let (Some(row), Some(xr)) = (w.row(r), x.f32_row(t)) else {
-                return f32::NAN;
-            };
-            if w.dtype == ElementType::F16 {
-                bytemuck::try_cast_slice::<u8, f16>(row).map_or(f32::NAN, |wr| dot_f16(wr, xr))
-            } else {
-                bytemuck::try_cast_slice::<u8, f32>(row).map_or(f32::NAN, |wr| dot_f32(wr, xr))
-            }
-        }
-        _ => match x.int8_row(t) {
-            Some(q) => int_row(w, r, q),
-            None => f32::NAN,
-        },
+/// Output `r` of `W·x_t` for an int8-activation matrix.
+fn int_value(w: &Matrix<'_>, x: &Activations<'_>, t: usize, r: usize) -> f32 {
+    match x.int8_row(t) {
+        Some(q) => int_row(w, r, q),
+        None => f32::NAN,
     }
 }
 
-/// Matrix-vector reference: one `value` per row.
+/// Matrix-vector reference.
 pub fn gemv(w: &Matrix<'_>, x: &Activations<'_>, t: usize, rows: Range<usize>, out: &mut [f32]) {
-    for (o, r) in out.iter_mut().zip(rows) {
-        *o = value(w, x, t, r);
-    }
+    gemm(w, x, t..t + 1, rows, out)
 }
 
 /// Matrix-matrix reference: rows outer, tokens inner (a row is reused from cache by every token).
 pub fn gemm(w: &Matrix<'_>, x: &Activations<'_>, tokens: Range<usize>, rows: Range<usize>, out: &mut [f32]) {
+    if matches!(w.dtype, ElementType::F16 | ElementType::F32) {
+        return float_gemm(w, x, tokens, rows, out, dot_f16, dot_f32);
+    }
     let width = rows.len();
     for (ri, r) in rows.enumerate() {
         for (ti, t) in tokens.clone().enumerate() {
             if let Some(o) = out.get_mut(ti * width + ri) {
-                *o = value(w, x, t, r);
+                *o = int_value(w, x, t, r);
             }
         }
     }
