@@ -18,7 +18,8 @@ pub mod kernels;
 pub mod load;
 pub mod model;
 pub mod ops;
-mod parallel;
+pub mod parallel;
+mod pool;
 pub mod sampling;
 pub mod session;
 #[cfg(feature = "std")]

@@ -74,6 +74,8 @@ fn compare_with(spec: &Spec, seed: u64, kv: KvPrecision, threads: usize, k: &'st
         .with_threads(threads);
     let mut arena = vec![0u8; opts.arena_bytes(model.config()).unwrap()];
     let mut s = Session::new(&model, &mut arena, opts).unwrap();
+    // These models are far below the default split threshold: split every loop so that threads take part.
+    s.set_min_work_per_thread(0);
 
     let mut seq = tokens(23, spec.vocab, seed ^ 0xABCD);
     let mut got: Vec<Vec<f32>> = Vec::new();

@@ -59,14 +59,16 @@ pub(crate) trait IntSpans {
     ) -> [[i32; T]; R];
 }
 
-/// Whether the driver may hand this matrix and these activations to a table's `sums`.
-fn checked(w: &Matrix<'_>, qa: &QuantizedActs<'_>) -> bool {
+/// Whether the driver may hand this matrix and these activations to a table's `sums` (and use each token's
+/// total `Σ q` as the sum over the matrix's padded row: the activations are exactly `cols` wide).
+fn checked(w: &Matrix<'_>, x: &Activations<'_>, qa: &QuantizedActs<'_>) -> bool {
     let row_bytes = w
         .dtype
         .row_bytes(w.cols as u64)
         .ok()
         .and_then(|b| usize::try_from(b).ok());
     row_bytes == Some(w.row_bytes)
+        && x.cols == w.cols
         && w.rows.checked_mul(w.row_bytes).is_some_and(|n| n <= w.data.len())
         && qa.stride >= w.padded_cols()
         && qa.stride % CHUNK == 0
@@ -95,8 +97,14 @@ fn tile<S: IntSpans, const R: usize, const T: usize>(
     out: &mut [f32],
     out_at: impl Fn(usize, usize) -> usize,
 ) {
-    let rows: [usize; R] = core::array::from_fn(|i| (r0 + i) * w.row_bytes);
-    let q: [&[i8]; T] = core::array::from_fn(|j| qs[j].q);
+    let mut rows = [0usize; R];
+    let mut q: [&[i8]; T] = [&[]; T];
+    for (i, r) in rows.iter_mut().enumerate() {
+        *r = (r0 + i) * w.row_bytes;
+    }
+    for (qj, row) in q.iter_mut().zip(qs) {
+        *qj = row.q;
+    }
     let off = offset_per_qsum(w.dtype);
     let padded = w.padded_cols();
     let mut set = |i: usize, j: usize, v: f32| {
@@ -116,13 +124,16 @@ fn tile<S: IntSpans, const R: usize, const T: usize>(
                 // zero-padded by `quantize_i8`), the span is CHUNK-aligned and ends by `padded`, and the table
                 // was only handed out after its instructions were detected.
                 let sums = unsafe { S::sums::<R, T>(w.data, &rows, &q, w.cols, start, end) };
+                let mut o = [0i32; T];
+                for (oj, qj) in o.iter_mut().zip(qs) {
+                    *oj = qsum(qj, start, end).wrapping_mul(off);
+                }
                 for (i, (acc_i, sums_i)) in acc.iter_mut().zip(&sums).enumerate() {
-                    let Some(&s) = w.row_scales(r0 + i).get(gi) else {
+                    let Some(&s) = w.scales.get((r0 + i) * ng + gi) else {
                         continue;
                     };
-                    for (j, (a, &v)) in acc_i.iter_mut().zip(sums_i).enumerate() {
-                        let o = qsum(&qs[j], start, end).wrapping_mul(off);
-                        *a = epilogue_group(*a, v.wrapping_sub(o), s);
+                    for ((a, &v), &oj) in acc_i.iter_mut().zip(sums_i).zip(&o) {
+                        *a = epilogue_group(*a, v.wrapping_sub(oj), s);
                     }
                 }
             }
@@ -135,11 +146,20 @@ fn tile<S: IntSpans, const R: usize, const T: usize>(
         ScaleKind::PerTensor | ScaleKind::PerRow => {
             // SAFETY: as above, with the whole padded row as the span.
             let sums = unsafe { S::sums::<R, T>(w.data, &rows, &q, w.cols, 0, padded) };
+            // `Σ q` over the padded row is the token's total (the row is zero past `cols`).
+            let mut o = [0i32; T];
+            for (oj, qj) in o.iter_mut().zip(qs) {
+                *oj = qj.quant.sum.wrapping_mul(off);
+            }
+            let per_row = w.scale == ScaleKind::PerRow;
             for (i, sums_i) in sums.iter().enumerate() {
-                let s = w.row_scales(r0 + i).first().copied().unwrap_or(f32::NAN);
-                for (j, &v) in sums_i.iter().enumerate() {
-                    let o = qsum(&qs[j], 0, padded).wrapping_mul(off);
-                    set(i, j, epilogue_single(v.wrapping_sub(o), s, qs[j].quant.d));
+                let s = w
+                    .scales
+                    .get(if per_row { r0 + i } else { 0 })
+                    .copied()
+                    .unwrap_or(f32::NAN);
+                for (j, (&v, &oj)) in sums_i.iter().zip(&o).enumerate() {
+                    set(i, j, epilogue_single(v.wrapping_sub(oj), s, qs[j].quant.d));
                 }
             }
         }
@@ -214,7 +234,7 @@ pub(crate) fn gemm<S: IntSpans, const R: usize, const T: usize>(
     rows: Range<usize>,
     out: &mut [f32],
 ) {
-    let Some(qa) = x.quantized.filter(|qa| checked(w, qa) && rows.end <= w.rows) else {
+    let Some(qa) = x.quantized.filter(|qa| checked(w, x, qa) && rows.end <= w.rows) else {
         return scalar::gemm(w, x, tokens, rows, out);
     };
     let width = rows.len();
