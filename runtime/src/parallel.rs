@@ -168,3 +168,47 @@ pub(crate) fn par_columns(
     }
     used
 }
+
+/// Most matrices one fused decode loop computes (q, k, v).
+pub(crate) const MAX_FUSED: usize = 3;
+
+/// One task of a fused loop: for each matrix, the rows it computes and their outputs.
+pub(crate) struct RowsTask<'b> {
+    pub parts: [Option<(Range<usize>, &'b mut [f32])>; MAX_FUSED],
+}
+
+/// One token through several matrices that read the same input, in one parallel loop (one barrier instead of
+/// one per matrix): task `i` computes share `i` of every matrix's rows, straight into `outs[m]`. `rows[m]` is
+/// matrix `m`'s row count, `work` the loop's multiply-adds. Returns the number of tasks used.
+pub(crate) fn par_rows_fused(
+    split: Split<'_>,
+    rows: &[usize],
+    outs: &mut [&mut [f32]],
+    align: usize,
+    work: usize,
+    f: &(dyn Fn(&mut RowsTask<'_>) + Sync),
+) -> usize {
+    let align = align.max(1);
+    let widest = rows.iter().copied().max().unwrap_or(0);
+    let n = split
+        .pool
+        .threads()
+        .clamp(1, MAX_THREADS)
+        .min(widest.div_ceil(align).max(1))
+        .min((work / split.min_work.max(1)).max(1));
+    let mut tasks: [RowsTask<'_>; MAX_THREADS] = [const {
+        RowsTask {
+            parts: [None, None, None],
+        }
+    }; MAX_THREADS];
+    for (m, (out, &r)) in outs.iter_mut().zip(rows).enumerate().take(MAX_FUSED) {
+        let mut rest: &mut [f32] = &mut **out;
+        for (i, task) in tasks.iter_mut().take(n).enumerate() {
+            let range = share(&(0..r), i, n, align);
+            let o = take(&mut rest, range.len());
+            task.parts[m] = Some((range, o));
+        }
+    }
+    split.pool.for_each_mut(&mut tasks[..n], f);
+    n
+}

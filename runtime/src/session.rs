@@ -16,7 +16,7 @@ use crate::error::RuntimeError;
 use crate::kernels::{self, quantize_rows, ActFormat, ActQuant, Activations, Kernels, Matrix, QuantizedActs, CHUNK};
 use crate::model::Model;
 use crate::ops::{self, KvElem};
-use crate::parallel::{par_columns, ColTask, Split, MIN_WORK_PER_THREAD};
+use crate::parallel::{par_columns, par_rows_fused, ColTask, RowsTask, Split, MAX_FUSED, MIN_WORK_PER_THREAD};
 use crate::pool::Pool;
 use crate::sampling::Sampler;
 
@@ -225,6 +225,11 @@ impl<'s> Session<'s> {
     /// Most tasks any loop of the last forward pass ran as (1 = nothing was split).
     pub fn max_tasks_last_pass(&self) -> usize {
         self.max_tasks
+    }
+    /// Tasks that the session's worker threads (not the calling thread) have run since the threads were
+    /// created: with more than one thread, evidence that loops really ran in parallel.
+    pub fn worker_tasks(&self) -> usize {
+        self.pool.worker_items()
     }
 
     /// Logits of the last forward pass: `rows()` rows of `vocab` values (one row for `Logits::Last`).
@@ -478,6 +483,39 @@ impl MatMul<'_> {
             }),
         };
         let k = self.k;
+        if n == 1 && jobs.len() > 1 && jobs.len() <= MAX_FUSED {
+            // Decode: one loop (one barrier) for all the matrices, straight into their outputs.
+            let mut mats: [Option<&Matrix<'_>>; MAX_FUSED] = [None; MAX_FUSED];
+            let mut rows = [0usize; MAX_FUSED];
+            let mut work = 0usize;
+            for (m, (w, _)) in jobs.iter().enumerate() {
+                mats[m] = Some(*w);
+                rows[m] = w.rows;
+                work += w.rows * w.cols;
+            }
+            let nj = jobs.len();
+            let mut outs: [&mut [f32]; MAX_FUSED] = [&mut [], &mut [], &mut []];
+            for (o, (w, out)) in outs.iter_mut().zip(jobs.iter_mut()) {
+                let len = w.rows.min(out.len());
+                *o = &mut out[..len];
+            }
+            let used = par_rows_fused(
+                self.split,
+                &rows[..nj],
+                &mut outs[..nj],
+                SPLIT_ROWS,
+                work,
+                &|task: &mut RowsTask<'_>| {
+                    for (part, w) in task.parts.iter_mut().zip(&mats) {
+                        if let (Some((r, out)), Some(w)) = (part, w) {
+                            kernels::matmul(k, w, &acts, 0..1, r.clone(), out);
+                        }
+                    }
+                },
+            );
+            self.max_tasks = self.max_tasks.max(used);
+            return;
+        }
         for (w, out) in jobs.iter_mut() {
             let w: &Matrix<'_> = w;
             let used = par_columns(

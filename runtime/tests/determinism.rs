@@ -2,9 +2,9 @@
 //! every logit — and seeded sampling is reproducible.
 //!
 //! The sessions split every loop as far as its columns allow (`set_min_work_per_thread(0)`: these models are
-//! far below the default threshold), and each run checks that every requested thread really took part (the
-//! widest loops — FFN 160 rows, vocabulary 301 — have 10 and 19 tiles of 16 rows, more than the 7 threads
-//! asked for at most).
+//! far below the default threshold), and each run checks that the loops were cut into as many tasks as threads
+//! (the widest loops — FFN 160 rows, vocabulary 301 — have 10 and 19 tiles of 16 rows, more than the 7
+//! threads asked for at most) and that worker threads, not only the caller, ran some of them.
 
 mod common;
 
@@ -59,6 +59,13 @@ fn generate_in(
             s.max_tasks_last_pass(),
             expected_tasks(opts.threads),
             "{} threads: a decode step was not split across all of them",
+            opts.threads
+        );
+    }
+    if opts.threads > 1 {
+        assert!(
+            s.worker_tasks() > 0,
+            "{} threads: the workers never ran a task",
             opts.threads
         );
     }
