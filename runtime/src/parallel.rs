@@ -202,7 +202,7 @@ pub(crate) fn par_rows_fused(
         }
     }; MAX_THREADS];
     for (m, (out, &r)) in outs.iter_mut().zip(rows).enumerate().take(MAX_FUSED) {
-        let mut rest: &mut [f32] = &mut **out;
+        let mut rest: &mut [f32] = out;
         for (i, task) in tasks.iter_mut().take(n).enumerate() {
             let range = share(&(0..r), i, n, align);
             let o = take(&mut rest, range.len());
