@@ -22,7 +22,11 @@
 //! Shapes handled here are validated by `Model::new`; a kernel given inconsistent slices computes over what
 //! exists (or writes NaN for a missing row) instead of panicking.
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 pub mod scalar;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod simd;
 mod tiles;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -283,7 +287,9 @@ pub static SCALAR: Kernels = Kernels {
 /// Names of every table built for this target, whether or not this CPU can run it.
 #[cfg(target_arch = "x86_64")]
 pub const TABLE_NAMES: &[&str] = x86::NAMES;
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+pub const TABLE_NAMES: &[&str] = aarch64::NAMES;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub const TABLE_NAMES: &[&str] = &["scalar"];
 
 /// Every table this CPU can run, the scalar reference first and the fastest last.
@@ -292,7 +298,11 @@ pub fn available() -> &'static [&'static Kernels] {
     {
         x86::available()
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        aarch64::available()
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         static TABLES: [&Kernels; 1] = [&SCALAR];
         &TABLES
