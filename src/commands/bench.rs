@@ -15,7 +15,7 @@ use tern_quantizer::ptq::{HeadFormat, ScaleGranularity};
 use tern_runtime::{kernels, Kernels, KvPrecision, Logits, Model, Session, SessionOptions};
 
 use super::convert::{parse_head, parse_layout, parse_scale};
-use super::run::parse_kv;
+use super::run::{parse_kv, table_by_name};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -136,25 +136,15 @@ impl Row {
     }
 }
 
-fn tables(names: &[String]) -> anyhow::Result<Vec<&'static Kernels>> {
+/// The tables to test: those named, `all`, or the model's (`TERN_KERNELS` or the fastest).
+fn tables(names: &[String], model_kernels: &'static Kernels) -> anyhow::Result<Vec<&'static Kernels>> {
     if names.is_empty() {
-        return Ok(vec![kernels::selected()?]);
+        return Ok(vec![model_kernels]);
     }
     if names.iter().any(|n| n == "all") {
         return Ok(kernels::available().to_vec());
     }
-    names
-        .iter()
-        .map(|n| {
-            kernels::by_name(n).with_context(|| {
-                let have: Vec<&str> = kernels::available().iter().map(|k| k.name).collect();
-                format!(
-                    "kernel table {n:?} is not available on this CPU (available: {})",
-                    have.join(", ")
-                )
-            })
-        })
-        .collect()
+    names.iter().map(|n| table_by_name(n)).collect()
 }
 
 fn time_prompt(s: &mut Session<'_>, tokens: &[u32]) -> anyhow::Result<f64> {
@@ -227,7 +217,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if threads.contains(&0) {
         bail!("thread counts must be at least 1");
     }
-    let tables = tables(&args.kernels)?;
+    let tables = tables(&args.kernels, model.kernels())?;
     let max_p = args.n_prompt.iter().copied().max().unwrap_or(0);
     let max_n = args.n_gen.iter().copied().max().unwrap_or(0);
     let ctx = (max_p.max(max_n) + 1).min(cfg.context_length as usize);

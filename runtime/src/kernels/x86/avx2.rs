@@ -203,7 +203,7 @@ const T3_MUL: [[u16; 16]; 4] = [
 ];
 
 /// 32 base-3 codes from a block broadcast to both lanes: shuffle each position's byte in, multiply by its
-/// power of 3 (16-bit multiplies on the even and the odd bytes), then `(b·3) >> 8` as a high multiply.
+/// power of 3 (16-bit multiplies on the even and the odd bytes), then `(b·3) >> 8` by two compares.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn ternary3_half(block: __m256i, idx: &[u8; 32], mul_even: &[u16; 16], mul_odd: &[u16; 16]) -> __m256i {
@@ -218,10 +218,13 @@ fn ternary3_half(block: __m256i, idx: &[u8; 32], mul_even: &[u16; 16], mul_odd: 
     let b = _mm256_shuffle_epi8(block, idx);
     let even = _mm256_mullo_epi16(b, me); // low byte: (b_even · 3^k) mod 256
     let odd = _mm256_mullo_epi16(_mm256_and_si256(b, _mm256_set1_epi16(-256)), mo); // high byte likewise
-    let three = _mm256_set1_epi16(3);
-    let t_even = _mm256_mulhi_epu16(_mm256_slli_epi16::<8>(even), three);
-    let t_odd = _mm256_mulhi_epu16(odd, three);
-    _mm256_or_si256(t_even, _mm256_slli_epi16::<8>(t_odd))
+    let m = _mm256_blendv_epi8(even, odd, _mm256_set1_epi16(-256));
+    // (m·3) >> 8 is 0, 1 or 2 as m is below 86, below 171 or not. Unsigned `m ≥ t` as `max(m, t) == m`; each
+    // compare gives −1 or 0, so 0 − ge86 − ge171 counts them. (A high multiply by the constant 3 is lowered by
+    // LLVM into widening and narrowing, several times slower.)
+    let ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(m, _mm256_set1_epi8(86)), m);
+    let ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(m, _mm256_set1_epi8(171u8 as i8)), m);
+    _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), ge86), ge171)
 }
 
 struct Ternary3;

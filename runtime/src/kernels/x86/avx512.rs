@@ -104,10 +104,13 @@ impl Block for Ternary3 {
         let b = _mm512_shuffle_epi8(b, idx);
         let even = _mm512_mullo_epi16(b, me);
         let odd = _mm512_mullo_epi16(_mm512_and_si512(b, _mm512_set1_epi16(-256)), mo);
-        let three = _mm512_set1_epi16(3);
-        let t_even = _mm512_mulhi_epu16(_mm512_slli_epi16::<8>(even), three);
-        let t_odd = _mm512_mulhi_epu16(odd, three);
-        _mm512_or_si512(t_even, _mm512_slli_epi16::<8>(t_odd))
+        // Even bytes from `even`, odd ones from `odd`: m = (b · 3^k) mod 256 in every byte.
+        let m = _mm512_mask_blend_epi8(0xAAAA_AAAA_AAAA_AAAA, even, odd);
+        // (m·3) >> 8 is 0, 1 or 2 as m is below 86, below 171 or not: two compares (a high multiply by the
+        // constant 3 is lowered by LLVM into widening and narrowing, several times slower).
+        let ones = _mm512_set1_epi8(1);
+        let c = _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(m, _mm512_set1_epi8(86)), ones);
+        _mm512_mask_add_epi8(c, _mm512_cmpge_epu8_mask(m, _mm512_set1_epi8(171u8 as i8)), c, ones)
     }
 }
 
