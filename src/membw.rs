@@ -43,6 +43,16 @@ impl Probe {
         }
     }
 
+    /// Reads the whole buffer once on the calling thread (returns the sum, so that it is not optimised away).
+    pub fn read_once(&self) -> u64 {
+        sum_words(&self.words)
+    }
+
+    /// Bytes read by `read_once`.
+    pub fn bytes(&self) -> usize {
+        self.words.len() * 8
+    }
+
     /// Reads the whole buffer `passes` times with `threads` threads (each its own contiguous share).
     pub fn measure(&self, threads: usize, passes: usize) -> Bandwidth {
         let threads = threads.max(1);

@@ -12,6 +12,7 @@ use half::f16;
 
 use super::super::tiles::{self, IntSpans};
 use super::super::{scalar, ActFormat, ActQuant, Activations, Kernels, MatKernels, Matrix, BLOCK, CHUNK};
+use super::avx512::PREFETCH;
 use super::{guarded, multipliers, shuffle_indices};
 
 /// Rows × tokens of the prefill tile (16 registers: 6 accumulators, 2 code vectors per row, activations).
@@ -372,6 +373,14 @@ unsafe fn span_sums<B: Block, const R: usize, const T: usize>(
         let whole_end = if end % BLOCK != 0 { tail } else { tail + 1 };
         let fast_end = whole_end.min(in_place).max(b);
         while b < fast_end {
+            // Once per cache line of each row, the line `PREFETCH` bytes ahead (see the AVX-512 table).
+            if (rows[0] + b * B::BYTES) % 64 < B::BYTES {
+                for &row in rows.iter() {
+                    let ahead = base.wrapping_add(row + b * B::BYTES + PREFETCH);
+                    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.cast()) };
+                }
+            }
             step!(b, true, true, direct);
             b += 1;
         }

@@ -18,6 +18,9 @@ use super::{avx2, guarded, multipliers, shuffle_indices};
 /// Rows × tokens of the prefill tile (16 accumulators, 4 code vectors, of 32 registers).
 const GEMM_ROWS: usize = 4;
 const GEMM_TOKENS: usize = 4;
+/// How far ahead of the weights being read the tile kernels prefetch (measured on a 2560×6912 2-bit matrix
+/// streamed from DRAM: 7.0 GB/s on one thread without, 9.6 GB/s with 512 B to 2 KB).
+pub(super) const PREFETCH: usize = 2048;
 /// Rows per matrix-vector step (independent accumulator chains sharing each activation load).
 const GEMV_ROWS: usize = 4;
 
@@ -229,6 +232,15 @@ unsafe fn span_sums<B: Block, const R: usize, const T: usize>(
         let whole_end = if end % BLOCK != 0 { tail } else { tail + 1 };
         let fast_end = whole_end.min(in_place).max(b);
         while b < fast_end {
+            // Once per cache line of each row: ask for the line PREFETCH bytes ahead (the hardware prefetcher
+            // alone keeps too few lines in flight for R interleaved rows).
+            if (rows[0] + b * B::BYTES) % 64 < B::BYTES {
+                for i in 0..R {
+                    let ahead = base.wrapping_add(rows[i] + b * B::BYTES + PREFETCH);
+                    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+                    unsafe { _mm_prefetch::<_MM_HINT_T2>(ahead.cast()) };
+                }
+            }
             step!(b, !0u64, direct);
             b += 1;
         }
