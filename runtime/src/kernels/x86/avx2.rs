@@ -376,9 +376,8 @@ unsafe fn span_sums<B: Block, const R: usize, const T: usize>(
             // Once per cache line of each row, the line `PREFETCH` bytes ahead (see the AVX-512 table).
             if (rows[0] + b * B::BYTES) % 64 < B::BYTES {
                 for &row in rows.iter() {
-                    let ahead = base.wrapping_add(row + b * B::BYTES + PREFETCH);
-                    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.cast()) };
+                    // A prefetch is only a hint: it never faults, whatever the address.
+                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(row + b * B::BYTES + PREFETCH).cast());
                 }
             }
             step!(b, true, true, direct);
