@@ -18,7 +18,7 @@ TRACES=${TRACES:-docs/traces-smollm2.csv}
 OUT=${OUT:-runs/compare}
 mkdir -p "$OUT"
 common=(--data assets/wiki.txt --eval-data assets/lee.txt --seq-len 512 --batch 4 --lr 1e-3 --min-lr 1e-4
-        --warmup 10 --eval-every 50 --eval-sequences 64 --checkpoint-every 25 --threads "$THREADS" --seed 0)
+        --warmup 10 --eval-every 25 --eval-sequences 64 --checkpoint-every 25 --threads "$THREADS" --seed 0)
 
 run() {
   local name="$1"; shift
