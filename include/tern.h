@@ -28,8 +28,9 @@
  * Memory. tern_model_open maps the file (no copy); tern_model_open_buffer uses the caller's bytes in place
  * (e.g. a model in flash). tern_session_new_in_arena runs a session entirely inside a caller buffer of
  * tern_model_arena_size() bytes: after creating the handle, tern allocates nothing for feeding, logits,
- * sampling, or generation without text, with one thread per session (the tokenizer, used by tokenize,
- * detokenize and text generation, allocates; so do worker threads, spawned per matrix product today).
+ * sampling, or generation without text, with any thread count (a session's worker threads are started with
+ * it, and again only by tern_session_set_threads; the tokenizer, used by tokenize, detokenize and text
+ * generation, allocates).
  */
 
 
@@ -454,8 +455,8 @@ tern_status tern_session_new(const struct tern_model *model,
 /**
  * Creates a session inside the caller's `arena` of `arena_size` bytes (any alignment; at least
  * `tern_model_arena_size` for these options). After this call tern allocates nothing for the session:
- * feeding, logits, sampling and generation without text run in the arena (with one thread; more threads are
- * spawned per matrix product today, which allocates their stacks). The arena must stay valid, and
+ * feeding, logits, sampling and generation without text run in the arena (with any thread count: the worker
+ * threads start with the session and are replaced only by `tern_session_set_threads`). The arena must stay valid, and
  * untouched by the caller, until `tern_session_free`.
  *
  * # Safety

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README.md): formatting, lints, no_std builds (host and bare-metal Cortex-M), every
 # test of the workspace, the C API (header check, C/C++ examples and misuse test, plain and sanitized), the
-# Cortex-M firmware under QEMU, and the kernel tests again on aarch64 under QEMU (when the tools are installed;
+# Cortex-M firmware under QEMU, and the kernel tests again on aarch64 under QEMU, on a CPU with the dot-product
+# extension (-cpu max: the neon and neon-dotprod tables) and one without (-cpu cortex-a72) (when the tools are installed;
 # .ci/run installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,9 +48,12 @@ else
 fi
 if rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu && command -v qemu-aarch64-static >/dev/null \
   && command -v aarch64-linux-gnu-gcc >/dev/null; then
-  echo "== aarch64 (QEMU): format and kernel tests"
+  echo "== aarch64 (QEMU -cpu max, NEON with dotprod): format and kernel tests"
   cargo test --target aarch64-unknown-linux-gnu -p tern-format
   cargo test --target aarch64-unknown-linux-gnu -p tern-runtime --test kernels
+  echo "== aarch64 (QEMU -cpu cortex-a72, NEON without dotprod): kernel tests"
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu cortex-a72" \
+    cargo test --target aarch64-unknown-linux-gnu -p tern-runtime --test kernels
 else
   echo "== aarch64 cross tests skipped: run .ci/run's setup (rustup target add aarch64-unknown-linux-gnu; apt-get install qemu-user-static gcc-aarch64-linux-gnu)"
 fi

@@ -30,6 +30,8 @@ enum Command {
     Plot(commands::plot::Args),
     /// Generate text with a .tern model (streamed), or chat with it when no prompt is given.
     Run(commands::run::Args),
+    /// Prompt and generation speed (llama-bench's tests), weight bytes per token and the memory roofline.
+    Bench(Box<commands::bench::Args>),
     /// Perplexity of a .tern model on a text file, computed as llama.cpp's llama-perplexity does.
     Perplexity(commands::perplexity::Args),
     /// Time the training engine's optimizer steps on the CPU or CUDA backend (and dump the model and batch for
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Hessian(a) => commands::hessian::run(a),
         Command::Plot(a) => commands::plot::run(a),
         Command::Run(a) => commands::run::run(a),
+        Command::Bench(a) => commands::bench::run(*a),
         Command::Perplexity(a) => commands::perplexity::run(a),
         Command::TrainBench(a) => commands::train_bench::run(a),
     };

@@ -1,5 +1,6 @@
 //! End to end through the real binary: a tiny model quantized from a tiny text with every method and recipe (PTQ,
-//! STE, Hestia end to end, Hestia block-wise then end to end), then run by the runtime. The runtime's logits on each
+//! STE, STE with Hessian-aware mixed precision, Hestia end to end, Hestia block-wise then end to end), then run by
+//! the runtime. The runtime's logits on each
 //! exported `.tern` must match the quantizer's own hard-quantized forward on the trained latent weights (read from
 //! the run's last checkpoint), and `tern run` must generate from it.
 //!
@@ -14,7 +15,7 @@ use tern_format::{AlignedBytes, ModelView};
 use tern_quantizer::checkpoint::latest_checkpoint;
 use tern_quantizer::engine::SplitMix64;
 use tern_quantizer::engine::{
-    Backend, CpuBackend, EngineConfig, ParamLayout, Parameters, QuantConfig, Recompute, Transformer,
+    Backend, CpuBackend, EngineConfig, LinearPrecision, ParamLayout, Parameters, QuantConfig, Recompute, Transformer,
 };
 use tern_quantizer::tiny::tiny_random_model;
 use tern_runtime::{session::Logits, KvPrecision, Model, Session, SessionOptions};
@@ -117,7 +118,7 @@ fn final_latent(run: &Path) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn check_parity(tern_file: &Path, latent: &[Vec<f32>]) {
+fn check_parity(tern_file: &Path, latent: &[Vec<f32>], integer: &[(String, LinearPrecision)]) {
     let src = tiny_random_model(3);
     let bytes = AlignedBytes::from_slice(&std::fs::read(tern_file).unwrap());
     let model = Model::new(ModelView::parse(&bytes).unwrap()).unwrap();
@@ -143,6 +144,9 @@ fn check_parity(tern_file: &Path, latent: &[Vec<f32>]) {
         },
     )
     .unwrap();
+    for (name, p) in integer {
+        engine_model.set_precision(layout.find(name).unwrap(), *p).unwrap();
+    }
     let params = Parameters::from_host(&backend, &layout, latent).unwrap();
     let engine = backend
         .download(engine_model.forward_logits(&backend, &params, &tokens).unwrap())
@@ -205,12 +209,25 @@ fn every_method_exports_a_model_the_runtime_runs_as_trained() {
     let src = tiny_random_model(3);
     let layout = ParamLayout::new(&src.config);
     let source = tern_quantizer::train::layout_tensors_from_source(&layout, &src).unwrap();
-    check_parity(&ptq, &source);
+    check_parity(&ptq, &source, &[]);
     for (name, extra) in [
         ("ste", vec!["--method", "ste"]),
         (
             "hestia",
             vec!["--method", "hestia", "--trace-batches", "2", "--probes", "2"],
+        ),
+        (
+            "ste-mixed-precision",
+            vec![
+                "--method",
+                "ste",
+                "--budget",
+                "15%",
+                "--trace-batches",
+                "2",
+                "--probes",
+                "2",
+            ],
         ),
         (
             "hestia-blockwise",
@@ -233,10 +250,16 @@ fn every_method_exports_a_model_the_runtime_runs_as_trained() {
         let (out, run) = quantize(&dir, &text, name, &extra);
         let latent = final_latent(&run);
         assert_ne!(latent, source, "{name}: training changed nothing");
-        check_parity(&out, &latent);
         let summary: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+        let integer: Vec<(String, LinearPrecision)> =
+            serde_json::from_value(summary["integer_tensors"].clone()).unwrap();
+        check_parity(&out, &latent, &integer);
         assert_eq!(summary["export_code_mismatches"], 0, "{name}");
+        if name.contains("mixed") {
+            let n = summary["integer_tensors"].as_array().map_or(0, Vec::len);
+            assert!(n > 0, "{name}: no tensor kept above ternary");
+        }
         assert_eq!(summary["export_scale_mismatches"], 0, "{name}");
     }
     reference_comparison(&dir, &text, &dir.join("ste.tern"));

@@ -24,6 +24,22 @@ fn gguf() -> Option<PathBuf> {
 
 /// SmolLM2 with every matrix stored as f16 (norms f32).
 fn f16_model(path: &Path) -> Vec<u8> {
+    f16_model_with(path, Head::F16)
+}
+
+/// How the measurements below store SmolLM2's (tied) embedding and head.
+#[derive(Clone, Copy, PartialEq)]
+enum Head {
+    F16,
+    /// int8 per row: the kernels read it with int8 activations.
+    Int8,
+    /// the int8 weights dequantized and stored as f16: read with f32 activations (the int8 head as it was
+    /// before int8 matrices took int8 activations, to f16 rounding of the dequantized values).
+    Int8AsF16,
+}
+
+/// SmolLM2 with f16 block matrices and the embedding/head as `head` says.
+fn f16_model_with(path: &Path, head: Head) -> Vec<u8> {
     let src = tern_quantizer::model::load(path).unwrap();
     let mut w = ModelWriter::new(src.config);
     w.tokenizer_json(src.tokenizer_json.clone());
@@ -35,6 +51,17 @@ fn f16_model(path: &Path) -> Vec<u8> {
         let shape = Shape::new(&dims).unwrap();
         let td = if dims.len() == 1 {
             TensorData::f32(&t.name, t.role, t.layer, shape, &t.data)
+        } else if head == Head::Int8 && t.role == tern_format::Role::TokenEmbedding {
+            TensorData::int8_rows(&t.name, t.role, t.layer, shape, &t.data)
+        } else if head == Head::Int8AsF16 && t.role == tern_format::Role::TokenEmbedding {
+            let cols = *t.shape.last().unwrap();
+            let mut q = vec![0i8; cols];
+            let mut deq = Vec::with_capacity(t.data.len());
+            for row in t.data.chunks(cols) {
+                let s = tern_format::blocks::quantize_int8_row(row, &mut q);
+                deq.extend(q.iter().map(|&v| f32::from(v) * s));
+            }
+            TensorData::f16(&t.name, t.role, t.layer, shape, &deq)
         } else {
             TensorData::f16(&t.name, t.role, t.layer, shape, &t.data)
         };
@@ -151,5 +178,81 @@ fn kv_precision_measurement() {
                 64.0 / t0.elapsed().as_secs_f64()
             );
         }
+    }
+}
+
+/// What reading int8 activations in the int8 head costs (the kernels' `vec_dot_type` for int8 matrices): SmolLM2
+/// with f16 blocks and an f16 head against the same with an int8 head (per-row absmax weights, per-token
+/// absmax activations), over the first 512 tokens of assets/lee.txt — largest logit difference relative to the
+/// row's largest logit, top-1 agreement, mean NLL of each.
+/// `cargo test --release --test runtime_smollm2 head_precision -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn head_precision_measurement() {
+    use tern_runtime::Logits;
+    let Some(path) = gguf() else { return };
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/lee.txt")).unwrap();
+    let heads = [Head::F16, Head::Int8AsF16, Head::Int8];
+    let files: Vec<Vec<u8>> = heads.iter().map(|&h| f16_model_with(&path, h)).collect();
+    let bytes: Vec<AlignedBytes> = files.iter().map(|f| AlignedBytes::from_slice(f)).collect();
+    let views: Vec<ModelView<'_>> = bytes.iter().map(|b| ModelView::parse(b).unwrap()).collect();
+    let tok = Tokenizer::from_model(&views[0]).unwrap();
+    let models: Vec<Model<'_>> = views.into_iter().map(|v| Model::new(v).unwrap()).collect();
+    let ids = tok.encode_prompt(&text).unwrap();
+    let (n, batch) = (512usize.min(ids.len()), 64);
+    let opts = SessionOptions::new(n, batch).with_threads(2);
+    let mut arenas: Vec<Vec<u8>> = models
+        .iter()
+        .map(|m| vec![0u8; opts.arena_bytes(m.config()).unwrap()])
+        .collect();
+    let mut sessions: Vec<Session<'_>> = models
+        .iter()
+        .zip(arenas.iter_mut())
+        .map(|(m, a)| Session::new(m, a, opts).unwrap())
+        .collect();
+    let nll = |row: &[f32], t: u32| {
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+        m + z.ln() - row[t as usize] as f64
+    };
+    let k = heads.len();
+    let (mut worst, mut agree, mut nlls, mut count) = (vec![0.0f64; k], vec![0usize; k], vec![0.0f64; k], 0usize);
+    for (b, chunk) in ids[..n].chunks(batch).enumerate() {
+        for s in sessions.iter_mut() {
+            s.forward(chunk, Logits::All).unwrap();
+        }
+        for i in 0..chunk.len() {
+            let rows: Vec<&[f32]> = sessions.iter().map(|s| s.logits_row(i).unwrap()).collect();
+            let scale = rows[0].iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+            let next = ids.get(b * batch + i + 1);
+            for (h, r) in rows.iter().enumerate() {
+                let d = rows[0]
+                    .iter()
+                    .zip(*r)
+                    .fold(0.0f64, |m, (a, b)| m.max((a - b).abs() as f64));
+                worst[h] = worst[h].max(d / scale);
+                agree[h] += usize::from(tern_runtime::sampling::argmax(rows[0]) == tern_runtime::sampling::argmax(r));
+                if let Some(&t) = next {
+                    nlls[h] += nll(r, t);
+                }
+            }
+            count += usize::from(next.is_some());
+        }
+    }
+    for (h, name) in [
+        "f16 head",
+        "int8 weights, f32 activations",
+        "int8 weights, int8 activations",
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!(
+            "f16 blocks, {n} positions, {name}: max |Δlogit| vs f16 head = {:.2e} of the row's max |logit|, \
+             top-1 agreement {:.2}%, mean NLL {:.5}",
+            worst[h],
+            100.0 * agree[h] as f64 / n as f64,
+            nlls[h] / count as f64
+        );
     }
 }

@@ -6,6 +6,7 @@
 use tern_format::blocks::round_half_even;
 use tern_format::{ModelWriter, Role, ScaleKind, Shape, TensorData, TernaryLayout};
 
+use crate::engine::LinearPrecision;
 use crate::model::{SourceModel, SourceTensor};
 
 /// Smallest scale used, so an all-zero unit does not divide by zero (BitNet clamps mean|W| the same way).
@@ -132,6 +133,16 @@ fn shape_of(t: &SourceTensor) -> Result<Shape, ConvertError> {
 
 /// Converts one source tensor to its stored form under `opts`.
 pub fn convert_tensor(t: &SourceTensor, opts: &PtqOptions) -> Result<TensorData, ConvertError> {
+    convert_tensor_at(t, opts, None)
+}
+
+/// [`convert_tensor`], with a linear weight stored at an integer `precision` instead of ternary when given
+/// (mixed precision).
+pub fn convert_tensor_at(
+    t: &SourceTensor,
+    opts: &PtqOptions,
+    precision: Option<LinearPrecision>,
+) -> Result<TensorData, ConvertError> {
     let shape = shape_of(t)?;
     let err = |what: String| ConvertError::Tensor {
         name: t.name.clone(),
@@ -144,7 +155,18 @@ pub fn convert_tensor(t: &SourceTensor, opts: &PtqOptions) -> Result<TensorData,
         return Err(err(format!("non-finite value at element {bad}")));
     }
     let (rows, cols) = (shape.rows() as usize, shape.cols() as usize);
-    Ok(if is_ternary_role(t.role) {
+    let integer = precision.filter(|p| *p != LinearPrecision::Ternary && is_ternary_role(t.role));
+    Ok(if let Some(p) = integer {
+        match p {
+            LinearPrecision::Int4 { group } => {
+                if group == 0 || cols % group as usize != 0 {
+                    return Err(err(format!("int4 group {group} does not divide {cols} columns")));
+                }
+                TensorData::int4_groups(&t.name, t.role, t.layer, shape, group, &t.data)
+            }
+            _ => TensorData::int8_rows(&t.name, t.role, t.layer, shape, &t.data),
+        }
+    } else if is_ternary_role(t.role) {
         if let ScaleGranularity::Group(g) = opts.scale {
             if g == 0 || g % 32 != 0 {
                 return Err(ConvertError::BadGroup(g));
@@ -185,6 +207,16 @@ pub fn ptq_model(
     opts: &PtqOptions,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<ModelWriter, ConvertError> {
+    ptq_model_mixed(src, opts, &[], progress)
+}
+
+/// [`ptq_model`] with some linear weights stored at integer precisions (by name): Hessian-aware mixed precision.
+pub fn ptq_model_mixed(
+    src: &SourceModel,
+    opts: &PtqOptions,
+    precisions: &[(String, LinearPrecision)],
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<ModelWriter, ConvertError> {
     let mut w = ModelWriter::new(src.config);
     for (k, v) in &src.metadata {
         w.metadata(k, v);
@@ -212,8 +244,14 @@ pub fn ptq_model(
     ordered.sort_by_key(|t| forward_order(t.role, t.layer));
     // Tensors are independent: convert in parallel.
     use rayon::prelude::*;
-    let converted: Vec<Result<TensorData, ConvertError>> =
-        ordered.par_iter().map(|t| convert_tensor(t, opts)).collect();
+    let precision_of = |name: &str| precisions.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
+    let converted: Vec<Result<TensorData, ConvertError>> = ordered
+        .par_iter()
+        .map(|t| convert_tensor_at(t, opts, precision_of(&t.name)))
+        .collect();
+    if !precisions.is_empty() {
+        w.metadata("quantization.mixed", &format!("{} integer tensors", precisions.len()));
+    }
     for (i, t) in converted.into_iter().enumerate() {
         let t = t?;
         progress(i + 1, total, &t.name);

@@ -31,8 +31,9 @@ use crate::checkpoint::{
 };
 use crate::data::{check_vocab, held_out_batches, train_batch, DataError, DataOrder, Fnv64, HostBatch, PackedData};
 use crate::engine::{
-    AdamW, AdamWConfig, Backend, Batch, DecayShape, EngineConfig, EngineError, LrSchedule, NonFiniteSource, Objective,
-    ParamKind, ParamLayout, Parameters, QuantConfig, Recompute, ScaleGroups, SoftState, Transformer, WeightQuantizer,
+    AdamW, AdamWConfig, Backend, Batch, DecayShape, EngineConfig, EngineError, LinearPrecision, LrSchedule,
+    NonFiniteSource, Objective, ParamKind, ParamLayout, Parameters, QuantConfig, Recompute, ScaleGroups, SoftState,
+    Transformer, WeightQuantizer,
 };
 use crate::metrics::{
     last_cpu_seconds, process_cpu_seconds, read_metrics, truncate_after, MetricsError, MetricsRecord, MetricsWriter,
@@ -84,6 +85,13 @@ pub struct TrainConfig {
     /// Hestia's schedule and Hessian-scale settings (soft quantizer only).
     #[serde(default)]
     pub hestia: Option<HestiaOptions>,
+    /// Mixed precision: linear weights kept at an integer precision (by name); the rest are ternary.
+    #[serde(default)]
+    pub precisions: Vec<(String, LinearPrecision)>,
+    /// The matrix-product kernel the backend uses (`CpuBackend::matmul_kernel_name`): recorded so that a resume
+    /// with another kernel, which could not continue bit for bit, is refused.
+    #[serde(default)]
+    pub matmul: String,
     pub ce_weight: f64,
     /// Weight of the KL divergence to the full-precision teacher (0: no teacher).
     pub kl_weight: f64,
@@ -144,6 +152,8 @@ impl Default for TrainConfig {
             quantizer: WeightQuantizer::Ste,
             scale_groups: ScaleGroups::PerTensor,
             hestia: None,
+            precisions: Vec::new(),
+            matmul: String::new(),
             ce_weight: 1.0,
             kl_weight: 0.0,
             temperature: 1.0,
@@ -651,6 +661,7 @@ pub fn train_from<B: Backend<Elem = f32>>(
     };
     let mut model = Transformer::new(backend, engine_config.clone())?;
     let layout = model.layout().clone();
+    apply_precisions(&layout, &config.precisions, |id, p| model.set_precision(id, p))?;
     let source_host = layout_tensors_from_source(&layout, src)?;
     let model_fp = model_fingerprint(src);
     let data_fp = data.fingerprint();
@@ -731,7 +742,7 @@ pub fn train_from<B: Backend<Elem = f32>>(
     let control = match (config.quantizer, &config.hestia) {
         (WeightQuantizer::Soft, Some(h)) => {
             let scales = model
-                .quantized_params()
+                .soft_params()
                 .into_iter()
                 .map(|id| {
                     let name = &layout.spec(id).name;
@@ -955,6 +966,22 @@ pub fn train_from<B: Backend<Elem = f32>>(
     })
 }
 
+/// Sets each named tensor's precision through `set` (a typed error for a name the layout does not have).
+pub fn apply_precisions(
+    layout: &ParamLayout,
+    precisions: &[(String, LinearPrecision)],
+    mut set: impl FnMut(crate::engine::ParamId, LinearPrecision) -> Result<(), EngineError>,
+) -> Result<(), TrainError> {
+    for (name, p) in precisions {
+        let id = layout.find(name).ok_or_else(|| TrainError::ModelMismatch {
+            tensor: name.clone(),
+            detail: "a precision was given for a tensor the model does not have".into(),
+        })?;
+        set(id, *p)?;
+    }
+    Ok(())
+}
+
 /// `RUN_DIR/hestia.json`: `T0`, the schedule, and each soft-quantized tensor's name and temperature scale, in the
 /// order of the `temperatures` arrays of metrics.jsonl.
 fn write_hestia_info(run_dir: &Path, layout: &ParamLayout, control: &TemperatureControl) -> Result<(), TrainError> {
@@ -1040,10 +1067,12 @@ pub fn check_export_matches_engine<B: Backend<Elem = f32>>(
     layout: &ParamLayout,
     latent: &[Vec<f32>],
     groups: ScaleGroups,
+    integer: &[(String, LinearPrecision)],
 ) -> Result<ExportCheck, TrainError> {
     let mut check = ExportCheck::default();
     for (spec, w) in layout.specs.iter().zip(latent) {
-        if spec.kind != ParamKind::Linear {
+        // Integer tensors are written by the very encoder the engine's integer quantizer calls.
+        if spec.kind != ParamKind::Linear || integer.iter().any(|(n, _)| n == &spec.name) {
             continue;
         }
         let group_len = groups.group_len(spec.shape[0], spec.shape[1])?;

@@ -255,7 +255,7 @@ fn export_ternarizes_exactly_as_the_engine_trained() {
     let dir = temp_dir("export");
     let out = run(&tiny_config(6), &dir, false, &DebugOptions::default()).unwrap();
     let backend = CpuBackend::<f32>::new();
-    let check = check_export_matches_engine(&backend, &out.layout, &out.latent, ScaleGroups::PerTensor).unwrap();
+    let check = check_export_matches_engine(&backend, &out.layout, &out.latent, ScaleGroups::PerTensor, &[]).unwrap();
     assert_eq!(check.tensors, 14, "7 linear weights in each of 2 layers");
     assert_eq!((check.code_mismatches, check.scale_mismatches), (0, 0), "{check:?}");
     // The check can fail: a weight exactly half the scale rounds to 0 under round-half-even (the engine,
@@ -267,7 +267,7 @@ fn export_ternarizes_exactly_as_the_engine_trained() {
     // mean|w| = 1 exactly: values 0.5 and 1.5 in equal numbers, plus ones.
     latent[q][0] = 0.5;
     latent[q][1] = 1.5;
-    let tie = check_export_matches_engine(&backend, &layout, &latent, ScaleGroups::PerTensor).unwrap();
+    let tie = check_export_matches_engine(&backend, &layout, &latent, ScaleGroups::PerTensor, &[]).unwrap();
     let engine_rounds_even = {
         let mut out = vec![0.0f32; latent[q].len()];
         tern_quantizer::engine::Backend::quantize_ternary_hard(&backend, &mut out, &latent[q].clone(), latent[q].len())
@@ -392,7 +392,7 @@ fn smollm2_export_codes_versus_engine_fake_quantization() {
         None => tern_quantizer::train::layout_tensors_from_source(&layout, &src).unwrap(),
     };
     let backend = CpuBackend::<f32>::new();
-    let check = check_export_matches_engine(&backend, &layout, &latent, ScaleGroups::PerTensor).unwrap();
+    let check = check_export_matches_engine(&backend, &layout, &latent, ScaleGroups::PerTensor, &[]).unwrap();
     eprintln!("{check:?}");
     for (spec, w) in layout.specs.iter().zip(&latent) {
         if spec.kind != tern_quantizer::engine::ParamKind::Linear {

@@ -28,6 +28,13 @@ pub enum RuntimeError {
     },
     /// A tensor's bytes are not aligned for in-place use as its element type.
     Misaligned { role: Role, layer: Option<u32> },
+    /// A matrix has more columns than `kernels::MAX_COLS` (its exact integer sums could overflow i32).
+    MatrixTooWide {
+        role: Role,
+        layer: Option<u32>,
+        cols: usize,
+        max: usize,
+    },
     /// More blocks than `model::MAX_LAYERS`.
     TooManyLayers { layers: u32, max: usize },
     /// The caller's arena is smaller than `required_arena_bytes` says.
@@ -50,6 +57,8 @@ pub enum RuntimeError {
     ModelChanged,
     /// An `OwnedSession`'s arena storage now starts at another address (the carving depends on it).
     ArenaMoved,
+    /// The `TERN_KERNELS` environment variable names a kernel table this CPU cannot run (or none at all).
+    KernelsUnavailable,
 }
 
 impl From<FormatError> for RuntimeError {
@@ -107,6 +116,11 @@ impl fmt::Display for RuntimeError {
                 layer_suffix(f, *layer)?;
                 write!(f, " is not aligned for in-place use")
             }
+            MatrixTooWide { role, layer, cols, max } => {
+                write!(f, "tensor {}", role.gguf_name())?;
+                layer_suffix(f, *layer)?;
+                write!(f, " has {cols} columns; the kernels support at most {max}")
+            }
             TooManyLayers { layers, max } => write!(f, "model has {layers} blocks; this build supports {max}"),
             ArenaTooSmall { needed, got } => write!(f, "arena too small: need {needed} bytes, got {got}"),
             BadOptions(what) => write!(f, "bad session options: {what}"),
@@ -121,6 +135,10 @@ impl fmt::Display for RuntimeError {
             SizeOverflow => write!(f, "buffer sizes overflow this target's address space"),
             ModelChanged => write!(f, "the model's bytes changed since they were validated"),
             ArenaMoved => write!(f, "the session's arena moved since the session was created"),
+            KernelsUnavailable => write!(
+                f,
+                "TERN_KERNELS names a kernel table this CPU cannot run (`tern bench --kernels all` lists them)"
+            ),
         }
     }
 }

@@ -22,7 +22,8 @@ pub mod load;
 pub mod model;
 pub mod ops;
 pub mod owned;
-mod parallel;
+pub mod parallel;
+mod pool;
 pub mod sampling;
 pub mod session;
 #[cfg(feature = "std")]

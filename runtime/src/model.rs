@@ -8,7 +8,7 @@
 use tern_format::{Architecture, ElementType, ModelConfig, ModelView, Role, ScaleKind, TensorView};
 
 use crate::error::RuntimeError;
-use crate::kernels::Matrix;
+use crate::kernels::{self, Kernels, Matrix, MAX_COLS};
 
 /// Most transformer blocks a model may have (Llama 3.1 405B has 126).
 pub const MAX_LAYERS: usize = 256;
@@ -44,6 +44,8 @@ pub struct Model<'a> {
     head: Matrix<'a>,
     output_norm: &'a [f32],
     slots: [[u16; LAYER_ROLES.len()]; MAX_LAYERS],
+    /// The kernel table sessions of this model start with, chosen once here (`kernels::selected`).
+    kernels: &'static Kernels,
 }
 
 /// Element types accepted for block linear layers and the head (ternary ones take the int8 path).
@@ -76,6 +78,14 @@ fn matrix<'a>(
         });
     }
     let dims = t.shape.dims();
+    if cols > MAX_COLS {
+        return Err(RuntimeError::MatrixTooWide {
+            role,
+            layer,
+            cols,
+            max: MAX_COLS,
+        });
+    }
     if dims != [rows as u64, cols as u64] {
         return Err(RuntimeError::WrongShape {
             role,
@@ -207,6 +217,7 @@ impl<'a> Model<'a> {
             head,
             output_norm,
             slots,
+            kernels: kernels::selected()?,
         };
         for l in 0..n_layers {
             model.layer(l)?;
@@ -229,6 +240,14 @@ impl<'a> Model<'a> {
     }
     pub fn output_norm(&self) -> &'a [f32] {
         self.output_norm
+    }
+    /// The kernel table chosen for this model (the fastest this CPU runs, or the one `TERN_KERNELS` names).
+    pub fn kernels(&self) -> &'static Kernels {
+        self.kernels
+    }
+    /// Runs this model's later sessions with another table (e.g. `&kernels::SCALAR` to compare).
+    pub fn set_kernels(&mut self, k: &'static Kernels) {
+        self.kernels = k;
     }
 
     fn slot(&self, l: usize, role: Role) -> Result<TensorView<'a>, RuntimeError> {

@@ -29,6 +29,7 @@ use crate::arena::SessionOptions;
 use crate::error::RuntimeError;
 use crate::kernels::{self, Kernels};
 use crate::model::Model;
+use crate::pool::Pool;
 use crate::sampling::Sampler;
 use crate::session::{Cursor, Session};
 
@@ -84,6 +85,9 @@ pub struct OwnedSession<M, A> {
     opts: SessionOptions,
     kernels: &'static Kernels,
     cursor: Cursor,
+    /// The worker threads, made once and lent to each call's session (`None` only until the first call, or
+    /// after a call panicked).
+    pool: Option<Pool>,
 }
 
 impl<S, M, A> OwnedSession<M, A>
@@ -102,6 +106,7 @@ where
             opts,
             kernels: kernels::best(),
             cursor: Cursor::default(),
+            pool: None,
         };
         // Carve once now, so that a small arena or bad options fail here rather than at the first call.
         s.with(|_| Ok(()))?;
@@ -114,12 +119,13 @@ where
             return Err(RuntimeError::ArenaMoved);
         }
         let model = self.model.model()?;
-        let mut session = Session::new(&model, &mut self.arena, self.opts)?;
+        let mut session = Session::with_pool(&model, &mut self.arena, self.opts, self.pool.take())?;
         session.set_kernels(self.kernels);
         session.restore(self.cursor);
         let result = f(&mut session);
         self.cursor = session.cursor();
         self.opts = *session.options();
+        self.pool = Some(session.into_pool());
         result
     }
 

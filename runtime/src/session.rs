@@ -13,10 +13,11 @@ use tern_format::{Architecture, ModelConfig};
 
 use crate::arena::{plan, Carver, KvCache, SessionOptions};
 use crate::error::RuntimeError;
-use crate::kernels::{self, quantize_rows, ActQuant, Activations, Kernels, Matrix, QuantizedActs, CHUNK};
+use crate::kernels::{self, quantize_rows, ActFormat, ActQuant, Activations, Kernels, Matrix, QuantizedActs, CHUNK};
 use crate::model::Model;
 use crate::ops::{self, KvElem};
-use crate::parallel::{par_columns, ColTask};
+use crate::parallel::{par_columns, par_rows_fused, ColTask, RowsTask, Split, MAX_FUSED, MIN_WORK_PER_THREAD};
+use crate::pool::Pool;
 use crate::sampling::Sampler;
 
 /// Which positions of a forward pass get logits.
@@ -59,6 +60,12 @@ pub struct Session<'s> {
     model: &'s Model<'s>,
     kernels: &'static Kernels,
     opts: SessionOptions,
+    /// Worker threads, created with the session (`opts.threads − 1` of them).
+    pool: Pool,
+    /// Least multiply-adds per task before a loop is split.
+    min_work: usize,
+    /// Most tasks any loop of the last forward pass was split into.
+    max_tasks: usize,
     q_stride: usize,
     pos: usize,
     n_logits: usize,
@@ -96,6 +103,17 @@ impl Dims {
 impl<'s> Session<'s> {
     /// Carves a session out of `arena` (at least `opts.arena_bytes(model.config())` bytes).
     pub fn new(model: &'s Model<'s>, arena: &'s mut [u8], opts: SessionOptions) -> Result<Self, RuntimeError> {
+        Self::with_pool(model, arena, opts, None)
+    }
+
+    /// `new` with worker threads made earlier (`OwnedSession` keeps them across the sessions it carves, so a
+    /// call neither spawns threads nor allocates); a pool of another thread count is replaced.
+    pub(crate) fn with_pool(
+        model: &'s Model<'s>,
+        arena: &'s mut [u8],
+        opts: SessionOptions,
+        pool: Option<Pool>,
+    ) -> Result<Self, RuntimeError> {
         let p = plan(model.config(), &opts)?;
         let needed = p.total();
         if arena.len() < needed {
@@ -146,8 +164,14 @@ impl<'s> Session<'s> {
         ops::rope_inv_freq(model.config(), b.inv_freq);
         Ok(Self {
             model,
-            kernels: kernels::best(),
+            kernels: model.kernels(),
             opts,
+            pool: match pool {
+                Some(pool) if pool.threads() == opts.threads.max(1) => pool,
+                _ => Pool::new(opts.threads),
+            },
+            min_work: MIN_WORK_PER_THREAD,
+            max_tasks: 0,
             q_stride: p.q_stride,
             pos: 0,
             n_logits: 0,
@@ -192,13 +216,38 @@ impl<'s> Session<'s> {
     pub fn set_kernels(&mut self, k: &'static Kernels) {
         self.kernels = k;
     }
-    /// Changes the thread count (≥ 1) for later passes.
+    /// Changes the thread count (≥ 1) for later passes (the worker threads are replaced here, not per pass).
     pub fn set_threads(&mut self, threads: usize) -> Result<(), RuntimeError> {
         if threads == 0 {
             return Err(RuntimeError::BadOptions("threads must be at least 1"));
         }
+        if threads != self.pool.threads() {
+            self.pool = Pool::new(threads);
+        }
         self.opts.threads = threads;
         Ok(())
+    }
+    /// The worker threads back (see `with_pool`).
+    pub(crate) fn into_pool(self) -> Pool {
+        self.pool
+    }
+    /// Threads the session's loops really run on (fewer than asked if the OS refused some; 1 without `std`).
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+    /// Least multiply-adds a loop must give each thread before it is split (default
+    /// `parallel::MIN_WORK_PER_THREAD`; 0 splits every loop as far as its columns allow).
+    pub fn set_min_work_per_thread(&mut self, work: usize) {
+        self.min_work = work;
+    }
+    /// Most tasks any loop of the last forward pass ran as (1 = nothing was split).
+    pub fn max_tasks_last_pass(&self) -> usize {
+        self.max_tasks
+    }
+    /// Tasks that the session's worker threads (not the calling thread) have run since the threads were
+    /// created: with more than one thread, evidence that loops really ran in parallel.
+    pub fn worker_tasks(&self) -> usize {
+        self.pool.worker_items()
     }
 
     /// Logits of the last forward pass: `rows()` rows of `vocab` values (one row for `Logits::Last`).
@@ -287,7 +336,11 @@ impl<'s> Session<'s> {
         let cfg = model.config();
         let d = Dims::of(cfg);
         let k = self.kernels;
-        let threads = self.opts.threads;
+        let split = Split {
+            pool: &self.pool,
+            min_work: self.min_work,
+        };
+        let mut max_tasks = 1;
         let pos = self.pos;
         let ctx = self.opts.max_context;
         let q_stride = self.q_stride;
@@ -303,7 +356,8 @@ impl<'s> Session<'s> {
 
         let mut mm = MatMul {
             k,
-            threads,
+            split,
+            max_tasks: 1,
             q_stride,
             xq: &mut *b.xq,
             chunk_sums: &mut *b.chunk_sums,
@@ -334,13 +388,13 @@ impl<'s> Session<'s> {
             let layer_kv = l * ctx * d.kv_dim..(l + 1) * ctx * d.kv_dim;
             let at = Attn {
                 k,
-                threads,
+                split,
                 d,
                 pos,
                 n,
                 ctx,
             };
-            match &mut b.kv {
+            max_tasks = max_tasks.max(match &mut b.kv {
                 KvCache::F16 { k: kc, v: vc } => at.run(
                     &mut kc[layer_kv.clone()],
                     &mut vc[layer_kv],
@@ -361,7 +415,7 @@ impl<'s> Session<'s> {
                     b.scores,
                     &mut *mm.scratch,
                 ),
-            }
+            });
             if bitnet {
                 for row in b.att.chunks_exact_mut(d.q_dim).take(n) {
                     ops::rmsnorm_inplace(row, w.attn_sub_norm, d.eps);
@@ -398,6 +452,7 @@ impl<'s> Session<'s> {
             mm.run(&mut [(model.head(), &mut *b.logits)], b.xb, d.hidden, rows);
         }
         b.history[pos..pos + n].copy_from_slice(tokens);
+        self.max_tasks = max_tasks.max(mm.max_tasks);
         self.pos += n;
         self.n_logits = rows;
         Ok(())
@@ -420,7 +475,8 @@ fn add_rows(x: &mut [f32], y: &[f32], len: usize) {
 /// rows across threads.
 struct MatMul<'m> {
     k: &'static Kernels,
-    threads: usize,
+    split: Split<'m>,
+    max_tasks: usize,
     q_stride: usize,
     xq: &'m mut [i8],
     chunk_sums: &'m mut [i32],
@@ -430,7 +486,7 @@ struct MatMul<'m> {
 
 impl MatMul<'_> {
     fn run(&mut self, jobs: &mut [(&Matrix<'_>, &mut [f32])], x: &[f32], cols: usize, n: usize) {
-        let quantize = jobs.iter().any(|(w, _)| kernels::needs_quantized(w.dtype));
+        let quantize = jobs.iter().any(|(w, _)| self.k.act_format(w.dtype) == ActFormat::Int8);
         if quantize {
             quantize_rows(self.k, x, cols, n, self.q_stride, self.xq, self.chunk_sums, self.quant);
         }
@@ -445,36 +501,78 @@ impl MatMul<'_> {
             }),
         };
         let k = self.k;
+        if n == 1 && jobs.len() > 1 && jobs.len() <= MAX_FUSED {
+            // Decode: one loop (one barrier) for all the matrices, straight into their outputs.
+            let mut mats: [Option<&Matrix<'_>>; MAX_FUSED] = [None; MAX_FUSED];
+            let mut rows = [0usize; MAX_FUSED];
+            let mut work = 0usize;
+            for (m, (w, _)) in jobs.iter().enumerate() {
+                mats[m] = Some(*w);
+                rows[m] = w.rows;
+                work += w.rows * w.cols;
+            }
+            let nj = jobs.len();
+            let mut outs: [&mut [f32]; MAX_FUSED] = [&mut [], &mut [], &mut []];
+            for (o, (w, out)) in outs.iter_mut().zip(jobs.iter_mut()) {
+                let len = w.rows.min(out.len());
+                *o = &mut out[..len];
+            }
+            let used = par_rows_fused(
+                self.split,
+                &rows[..nj],
+                &mut outs[..nj],
+                SPLIT_ROWS,
+                work,
+                &|task: &mut RowsTask<'_>| {
+                    for (part, w) in task.parts.iter_mut().zip(&mats) {
+                        if let (Some((r, out)), Some(w)) = (part, w) {
+                            kernels::matmul(k, w, &acts, 0..1, r.clone(), out);
+                        }
+                    }
+                },
+            );
+            self.max_tasks = self.max_tasks.max(used);
+            return;
+        }
         for (w, out) in jobs.iter_mut() {
             let w: &Matrix<'_> = w;
-            par_columns(
-                self.threads,
+            let used = par_columns(
+                self.split,
                 n,
-                w.rows,
+                0..w.rows,
                 1,
+                SPLIT_ROWS,
                 out,
+                w.rows,
                 self.scratch,
                 &mut [],
                 0,
                 n * w.rows * w.cols,
-                &|task: &mut ColTask<'_>| (k.matmul)(k, w, &acts, task.tokens.clone(), task.units.clone(), task.out),
+                &|task: &mut ColTask<'_>| {
+                    kernels::matmul(k, w, &acts, task.tokens.clone(), task.units.clone(), task.out)
+                },
             );
+            self.max_tasks = self.max_tasks.max(used);
         }
     }
 }
 
+/// Matrix rows are split across threads in multiples of this (whole kernel tiles, whole cache lines of output).
+const SPLIT_ROWS: usize = 16;
+
 /// Attention for one layer: stores the batch's keys and values, then runs every (token, head) pair, heads
 /// split across threads.
-struct Attn {
+struct Attn<'p> {
     k: &'static Kernels,
-    threads: usize,
+    split: Split<'p>,
     d: Dims,
     pos: usize,
     n: usize,
     ctx: usize,
 }
 
-impl Attn {
+impl Attn<'_> {
+    /// Returns the number of tasks the heads were split into.
     #[allow(clippy::too_many_arguments)]
     fn run<T: KvElem>(
         &self,
@@ -486,7 +584,7 @@ impl Attn {
         att: &mut [f32],
         scores: &mut [f32],
         scratch: &mut [f32],
-    ) {
+    ) -> usize {
         let d = self.d;
         let kvd = d.kv_dim;
         let cache_rows = kc.chunks_exact_mut(kvd).zip(vc.chunks_exact_mut(kvd)).skip(self.pos);
@@ -505,11 +603,13 @@ impl Attn {
         let group = d.heads / d.kv_heads.max(1);
         let (k, pos, hd, ctx) = (self.k, self.pos, d.head_dim, self.ctx);
         par_columns(
-            self.threads,
+            self.split,
             self.n,
-            d.heads,
+            0..d.heads,
             hd,
+            1,
             att,
+            d.heads * hd,
             scratch,
             scores,
             ctx,
@@ -531,7 +631,7 @@ impl Attn {
                     }
                 }
             },
-        );
+        )
     }
 }
 

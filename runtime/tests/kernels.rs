@@ -1,6 +1,14 @@
-//! Each scalar kernel against a plain computation: integer kernels must match i64 sums over weights unpacked
-//! by tern-format's reference exactly; float kernels must match f64 sums to f32 rounding
-//! (|Δ| ≤ 1e-5 · Σ|wᵢxᵢ| + 1e-6, the bound for ≤ 1000-term f32 sums).
+//! The kernels, table by table.
+//!
+//! - The scalar reference against plain computations: integer dots against i64 sums over weights unpacked by
+//!   tern-format's reference (exact), float kernels against f64 sums (to f32 rounding:
+//!   |Δ| ≤ 1e-5 · Σ|wᵢxᵢ| + 1e-6, the bound for ≤ 1000-term f32 sums), every matrix type and scale granularity
+//!   against f64 sums of the unpacked weights.
+//! - Every other table this CPU can run (`kernels::available()`) against the scalar one on random inputs of
+//!   ragged sizes: bit for bit for activation quantization and for the int8-activation matrices (ternary
+//!   2-bit and base-3, int8, int4, every granularity, matrix-vector and tile entries, any row and token
+//!   range), to f32 rounding for the float kernels. Tables built for this target but not runnable on this
+//!   CPU are named on stderr as skipped.
 // Index loops mirror the formulas they check.
 #![allow(clippy::needless_range_loop)]
 
@@ -8,12 +16,13 @@ use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tern_format::blocks::{
-    int4_value, pack_ternary2_row, pack_ternary3_row, quantize_int4_row, round_half_even, unpack_ternary3_row,
-    BlockTernary2, BlockTernary3,
+    int4_value, pack_ternary2_row, pack_ternary3_row, quantize_int4_row, quantize_int8_row, round_half_even,
+    unpack_ternary3_row, BlockTernary2, BlockTernary3,
 };
 use tern_format::{ElementType, ScaleKind};
 use tern_runtime::kernels::{
-    quantize_rows, round_up, scalar, ActQuant, Activations, Matrix, QuantizedActs, BLOCK, CHUNK, SCALAR,
+    self, matmul, quantize_rows, round_up, scalar, ActFormat, ActQuant, Activations, Kernels, Matrix, QuantizedActs,
+    BLOCK, CHUNK, SCALAR,
 };
 
 fn rng(seed: u64) -> ChaCha8Rng {
@@ -28,64 +37,19 @@ fn close(got: f32, want: f64, mag: f64) {
     );
 }
 
-#[test]
-fn quantize_i8_matches_the_specification() {
-    let mut r = rng(1);
-    for len in [1usize, 31, 32, 96, 100, 160, 577] {
-        for case in 0..4 {
-            let x: Vec<f32> = match case {
-                0 => (0..len).map(|_| r.gen_range(-3.0f32..3.0)).collect(),
-                1 => vec![0.0; len],
-                // Exact ties: absmax 127 makes s = 1, so x.5 values must round to the even neighbour.
-                2 => (0..len)
-                    .map(|i| if i == 0 { 127.0 } else { (i % 20) as f32 - 9.5 })
-                    .collect(),
-                _ => (0..len).map(|_| r.gen_range(-1e-7f32..1e-7)).collect(),
-            };
-            let padded = round_up(len, BLOCK);
-            let mut q = vec![99i8; padded];
-            let mut sums = vec![0i32; padded / CHUNK];
-            let aq = scalar::quantize_i8(&x, &mut q, &mut sums);
-            // Plain computation of the same definition.
-            let amax = x.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-            let s = 127.0f32 / amax.max(1e-5);
-            for i in 0..padded {
-                let want = if i < len {
-                    let v = f64::from(x[i] * s);
-                    // Nearest integer, ties to the even one (f64 arithmetic, independent of the kernel).
-                    let fl = v.floor();
-                    let r = match (v - fl).partial_cmp(&0.5) {
-                        Some(std::cmp::Ordering::Less) => fl,
-                        Some(std::cmp::Ordering::Greater) => fl + 1.0,
-                        _ => {
-                            if fl % 2.0 == 0.0 {
-                                fl
-                            } else {
-                                fl + 1.0
-                            }
-                        }
-                    };
-                    r.clamp(-128.0, 127.0) as i64
-                } else {
-                    0
-                };
-                assert_eq!(i64::from(q[i]), want, "len {len} case {case} index {i}");
-            }
-            for (c, &cs) in sums.iter().enumerate() {
-                let want: i64 = q[c * CHUNK..(c + 1) * CHUNK].iter().map(|&v| i64::from(v)).sum();
-                assert_eq!(i64::from(cs), want);
-            }
-            assert_eq!(i64::from(aq.sum), q.iter().map(|&v| i64::from(v)).sum::<i64>());
-            assert_eq!(aq.d, 1.0 / s);
-            if case == 2 {
-                if len > 10 {
-                    // s = 1 exactly: -8.5 → -8, -0.5 → 0, 0.5 → 0 (ties to even).
-                    assert_eq!((q[1], q[9], q[10]), (-8, 0, 0));
-                }
-                assert_eq!(round_half_even(2.5), 2.0);
-            }
+/// The tables other than the reference, with a note of those this CPU lacks.
+fn simd_tables() -> Vec<&'static Kernels> {
+    let have: Vec<&str> = kernels::available().iter().map(|k| k.name).collect();
+    for name in kernels::TABLE_NAMES {
+        if !have.contains(name) {
+            eprintln!("skipping the {name} table: this CPU lacks its instructions");
         }
     }
+    kernels::available()
+        .iter()
+        .copied()
+        .filter(|k| k.name != "scalar")
+        .collect()
 }
 
 fn random_ternary(len: usize, r: &mut ChaCha8Rng) -> Vec<i8> {
@@ -96,8 +60,75 @@ fn random_i8(len: usize, r: &mut ChaCha8Rng) -> Vec<i8> {
     (0..len).map(|_| r.gen_range(-128i32..=127) as i8).collect()
 }
 
+/// The specification of `quantize_i8`, computed independently (f64 rounding to the even neighbour).
+fn check_quantize_spec(x: &[f32], q: &[i8], sums: &[i32], aq: ActQuant, what: &str) {
+    let amax = x.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+    let s = 127.0f32 / amax.max(1e-5);
+    for i in 0..q.len() {
+        let want = if i < x.len() {
+            let v = f64::from(x[i] * s);
+            let fl = v.floor();
+            let r = match (v - fl).partial_cmp(&0.5) {
+                Some(std::cmp::Ordering::Less) => fl,
+                Some(std::cmp::Ordering::Greater) => fl + 1.0,
+                _ => {
+                    if fl % 2.0 == 0.0 {
+                        fl
+                    } else {
+                        fl + 1.0
+                    }
+                }
+            };
+            r.clamp(-128.0, 127.0) as i64
+        } else {
+            0
+        };
+        assert_eq!(i64::from(q[i]), want, "{what}: index {i}");
+    }
+    for (c, &cs) in sums.iter().enumerate() {
+        let want: i64 = q[c * CHUNK..(c + 1) * CHUNK].iter().map(|&v| i64::from(v)).sum();
+        assert_eq!(i64::from(cs), want, "{what}: chunk {c}");
+    }
+    assert_eq!(
+        i64::from(aq.sum),
+        q.iter().map(|&v| i64::from(v)).sum::<i64>(),
+        "{what}"
+    );
+    assert_eq!(aq.d, 1.0 / s, "{what}");
+}
+
 #[test]
-fn ternary_dots_are_exact_for_both_layouts_and_every_offset() {
+fn quantize_i8_matches_the_specification_in_every_table() {
+    let mut r = rng(1);
+    for k in kernels::available() {
+        for len in [1usize, 31, 32, 33, 96, 100, 160, 577, 2560] {
+            for case in 0..4 {
+                let x: Vec<f32> = match case {
+                    0 => (0..len).map(|_| r.gen_range(-3.0f32..3.0)).collect(),
+                    1 => vec![0.0; len],
+                    // Exact ties: absmax 127 makes s = 1, so x.5 values must round to the even neighbour.
+                    2 => (0..len)
+                        .map(|i| if i == 0 { 127.0 } else { (i % 20) as f32 - 9.5 })
+                        .collect(),
+                    _ => (0..len).map(|_| r.gen_range(-1e-7f32..1e-7)).collect(),
+                };
+                let padded = round_up(len, BLOCK);
+                let mut q = vec![99i8; padded];
+                let mut sums = vec![0i32; padded / CHUNK];
+                let aq = (k.quantize_i8)(&x, &mut q, &mut sums);
+                check_quantize_spec(&x, &q, &sums, aq, &format!("{} len {len} case {case}", k.name));
+                if case == 2 && len > 10 {
+                    // s = 1 exactly: -8.5 → -8, -0.5 → 0, 0.5 → 0 (ties to even).
+                    assert_eq!((q[1], q[9], q[10]), (-8, 0, 0));
+                }
+            }
+        }
+    }
+    assert_eq!(round_half_even(2.5), 2.0);
+}
+
+#[test]
+fn scalar_ternary_dots_are_exact_for_both_layouts_and_every_offset() {
     let mut r = rng(2);
     for cols in [64usize, 96, 128, 160, 576, 1000] {
         let w = random_ternary(cols, &mut r);
@@ -130,6 +161,29 @@ fn ternary_dots_are_exact_for_both_layouts_and_every_offset() {
 }
 
 #[test]
+fn scalar_int8_and_int4_dots_are_exact() {
+    let mut r = rng(6);
+    for len in [0usize, 1, 31, 64, 577] {
+        let w = random_i8(len, &mut r);
+        let q = random_i8(len, &mut r);
+        let want: i64 = w.iter().zip(&q).map(|(&a, &b)| i64::from(a) * i64::from(b)).sum();
+        assert_eq!(i64::from(scalar::dot_i8(&w, &q)), want);
+        let nib: Vec<u8> = (0..len.div_ceil(2)).map(|_| r.gen()).collect();
+        for start in [0usize, 2, 32] {
+            let n = len.saturating_sub(start);
+            let want: i64 = (0..n)
+                .map(|i| (i64::from(int4_value(&nib, start + i)) + 8) * i64::from(q[i]))
+                .sum();
+            assert_eq!(
+                i64::from(scalar::dot_u4(&nib, start, &q[..n])),
+                want,
+                "len {len} start {start}"
+            );
+        }
+    }
+}
+
+#[test]
 fn decode_ternary3_matches_the_format_reference() {
     let mut r = rng(3);
     for _ in 0..200 {
@@ -147,191 +201,333 @@ fn decode_ternary3_matches_the_format_reference() {
 }
 
 #[test]
-fn float_dots_and_axpy_match_f64() {
+fn attention_dots_and_axpy_match_f64_in_every_table() {
     let mut r = rng(4);
-    for len in [0usize, 1, 7, 8, 9, 64, 100, 577] {
-        let x: Vec<f32> = (0..len).map(|_| r.gen_range(-2.0f32..2.0)).collect();
-        let wf: Vec<f32> = (0..len).map(|_| r.gen_range(-2.0f32..2.0)).collect();
-        let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
-        let wi = random_i8(len, &mut r);
-        let mut w4 = vec![0u8; len.div_ceil(2)];
-        let mut s4 = vec![0f32; len.div_ceil(32).max(1)];
-        quantize_int4_row(&wf, 32, &mut w4, &mut s4[..len.div_ceil(32)]);
+    for k in kernels::available() {
+        for len in [0usize, 1, 7, 8, 9, 15, 16, 17, 33, 64, 100, 128, 577] {
+            let x: Vec<f32> = (0..len).map(|_| r.gen_range(-2.0f32..2.0)).collect();
+            let wf: Vec<f32> = (0..len).map(|_| r.gen_range(-2.0f32..2.0)).collect();
+            let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
+            let f64dot = |w: &dyn Fn(usize) -> f64| -> (f64, f64) {
+                let mut acc = 0.0;
+                let mut mag = 0.0;
+                for i in 0..len {
+                    acc += w(i) * f64::from(x[i]);
+                    mag += (w(i) * f64::from(x[i])).abs();
+                }
+                (acc, mag)
+            };
+            let (want, mag) = f64dot(&|i| f64::from(wf[i]));
+            close((k.dot_f32)(&wf, &x), want, mag);
+            let (want, mag) = f64dot(&|i| f64::from(wh[i].to_f32()));
+            close((k.dot_f16)(&wh, &x), want, mag);
 
-        let f64dot = |w: &dyn Fn(usize) -> f64| -> (f64, f64) {
-            let mut acc = 0.0;
-            let mut mag = 0.0;
+            let a = 0.37f32;
+            let y0: Vec<f32> = (0..len).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+            let mut y = y0.clone();
+            (k.axpy_f32)(a, &wf, &mut y);
             for i in 0..len {
-                acc += w(i) * f64::from(x[i]);
-                mag += (w(i) * f64::from(x[i])).abs();
+                close(y[i], f64::from(y0[i]) + f64::from(a) * f64::from(wf[i]), 2.0);
             }
-            (acc, mag)
-        };
-        let (want, mag) = f64dot(&|i| f64::from(wf[i]));
-        close(scalar::dot_f32(&wf, &x), want, mag);
-        let (want, mag) = f64dot(&|i| f64::from(wh[i].to_f32()));
-        close(scalar::dot_f16(&wh, &x), want, mag);
-        let (want, mag) = f64dot(&|i| f64::from(wi[i]));
-        close(scalar::dot_int8(&wi, &x), want, mag);
-        let (want, mag) = f64dot(&|i| f64::from(int4_value(&w4, i)));
-        close(scalar::dot_int4(&w4, &x), want, mag);
-
-        let a = 0.37f32;
-        let y0: Vec<f32> = (0..len).map(|_| r.gen_range(-1.0f32..1.0)).collect();
-        let mut y = y0.clone();
-        scalar::axpy_f32(a, &wf, &mut y);
-        for i in 0..len {
-            close(y[i], f64::from(y0[i]) + f64::from(a) * f64::from(wf[i]), 2.0);
-        }
-        let mut y = y0.clone();
-        scalar::axpy_f16(a, &wh, &mut y);
-        for i in 0..len {
-            close(y[i], f64::from(y0[i]) + f64::from(a) * f64::from(wh[i].to_f32()), 2.0);
+            let mut y = y0.clone();
+            (k.axpy_f16)(a, &wh, &mut y);
+            for i in 0..len {
+                close(y[i], f64::from(y0[i]) + f64::from(a) * f64::from(wh[i].to_f32()), 2.0);
+            }
         }
     }
 }
 
-/// `matmul_generic` on every element type and scale granularity against f64 sums of unpacked weights.
-#[test]
-fn matmul_matches_f64_for_every_type_and_granularity() {
-    let mut r = rng(5);
-    let (rows, cols, n) = (37usize, 160usize, 3usize);
-    let x: Vec<f32> = (0..n * cols).map(|_| r.gen_range(-2.0f32..2.0)).collect();
-    let stride = round_up(cols, BLOCK);
-    let mut q = vec![0i8; n * stride];
-    let mut cs = vec![0i32; n * stride / CHUNK];
-    let mut quant = vec![ActQuant { d: 0.0, sum: 0 }; n];
-    quantize_rows(&SCALAR, &x, cols, n, stride, &mut q, &mut cs, &mut quant);
-    let acts = Activations {
-        x: &x,
-        cols,
-        quantized: Some(QuantizedActs {
-            q: &q,
-            stride,
-            chunk_sums: &cs,
-            quant: &quant,
-        }),
-    };
+/// A random matrix of one element type and granularity, with its weights unpacked to f64 (scales applied).
+struct TestMatrix {
+    dtype: ElementType,
+    scale: ScaleKind,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+    scales: Vec<f32>,
+    /// `[row][col]` values.
+    values: Vec<f64>,
+}
 
-    let w = random_ternary(rows * cols, &mut r);
-    for layout in [ElementType::Ternary2, ElementType::Ternary3] {
-        for scale in [
-            ScaleKind::PerTensor,
-            ScaleKind::PerRow,
-            ScaleKind::PerGroup(32),
-            ScaleKind::PerGroup(64),
-            ScaleKind::PerGroup(96),
-        ] {
-            let ns = scale.count(rows as u64, cols as u64).unwrap() as usize;
-            let scales: Vec<f32> = (0..ns).map(|_| r.gen_range(0.01f32..0.2)).collect();
-            let nb = cols.div_ceil(BLOCK);
-            let data: Vec<u8> = if layout == ElementType::Ternary2 {
-                let mut b = vec![BlockTernary2 { qs: [0; 16] }; rows * nb];
-                for (row, out) in w.chunks(cols).zip(b.chunks_mut(nb)) {
-                    pack_ternary2_row(row, out).unwrap();
-                }
-                bytemuck::cast_slice(&b).to_vec()
-            } else {
-                let mut b = vec![BlockTernary3 { qs: [0; 13] }; rows * nb];
-                for (row, out) in w.chunks(cols).zip(b.chunks_mut(nb)) {
-                    pack_ternary3_row(row, out).unwrap();
-                }
-                bytemuck::cast_slice(&b).to_vec()
-            };
-            let m = Matrix {
-                dtype: layout,
-                scale,
-                rows,
-                cols,
-                row_bytes: layout.row_bytes(cols as u64).unwrap() as usize,
-                data: &data,
-                scales: &scales,
-            };
-            let mut out = vec![0f32; n * rows];
-            (SCALAR.matmul)(&SCALAR, &m, &acts, 0..n, 0..rows, &mut out);
-            for t in 0..n {
-                let xq = &q[t * stride..t * stride + cols];
-                for row in 0..rows {
-                    let mut acc = 0.0f64;
-                    let mut mag = 0.0f64;
-                    for c in 0..cols {
-                        let s = match scale {
-                            ScaleKind::PerTensor => scales[0],
-                            ScaleKind::PerRow => scales[row],
-                            ScaleKind::PerGroup(g) => scales[row * cols.div_ceil(g as usize) + c / g as usize],
-                            ScaleKind::None => unreachable!(),
-                        };
-                        let v = f64::from(w[row * cols + c]) * f64::from(xq[c]) * f64::from(s);
-                        acc += v;
-                        mag += v.abs();
-                    }
-                    let d = f64::from(quant[t].d);
-                    close(out[t * rows + row], acc * d, mag * d);
-                }
-            }
+impl TestMatrix {
+    fn view(&self) -> Matrix<'_> {
+        Matrix {
+            dtype: self.dtype,
+            scale: self.scale,
+            rows: self.rows,
+            cols: self.cols,
+            row_bytes: self.dtype.row_bytes(self.cols as u64).unwrap() as usize,
+            data: &self.data,
+            scales: &self.scales,
         }
     }
 
-    // Dense types: sub-ranges of rows and tokens, as threads call it.
-    let wf: Vec<f32> = (0..rows * cols).map(|_| r.gen_range(-1.0f32..1.0)).collect();
-    let i8_data = {
-        let mut d = vec![0i8; rows * cols];
-        let s: Vec<f32> = wf
-            .chunks(cols)
-            .zip(d.chunks_mut(cols))
-            .map(|(a, b)| tern_format::blocks::quantize_int8_row(a, b))
-            .collect();
-        (bytemuck::cast_slice::<i8, u8>(&d).to_vec(), s)
-    };
-    let i4_data = {
-        let mut d = vec![0u8; rows * cols / 2];
-        let mut s = vec![0f32; rows * cols / 32];
-        for ((a, b), c) in wf.chunks(cols).zip(d.chunks_mut(cols / 2)).zip(s.chunks_mut(cols / 32)) {
-            quantize_int4_row(a, 32, b, c);
-        }
-        (d, s)
-    };
-    let f16_data: Vec<u8> = wf.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
-    let f32_data: Vec<u8> = bytemuck::cast_slice(&wf).to_vec();
-    let cases: [(ElementType, ScaleKind, &[u8], &[f32]); 4] = [
-        (ElementType::Int8, ScaleKind::PerRow, &i8_data.0, &i8_data.1),
-        (ElementType::Int4, ScaleKind::PerGroup(32), &i4_data.0, &i4_data.1),
-        (ElementType::F16, ScaleKind::None, &f16_data, &[]),
-        (ElementType::F32, ScaleKind::None, &f32_data, &[]),
-    ];
-    for (dtype, scale, data, scales) in cases {
-        let m = Matrix {
+    fn new(dtype: ElementType, scale: ScaleKind, rows: usize, cols: usize, r: &mut ChaCha8Rng) -> Self {
+        let ns = scale.count(rows as u64, cols as u64).unwrap() as usize;
+        let scale_of = |scales: &[f32], row: usize, c: usize| match scale {
+            ScaleKind::PerTensor => scales[0],
+            ScaleKind::PerRow => scales[row],
+            ScaleKind::PerGroup(g) => scales[row * cols.div_ceil(g as usize) + c / g as usize],
+            ScaleKind::None => 1.0,
+        };
+        let mut values = vec![0f64; rows * cols];
+        let (data, scales) = match dtype {
+            ElementType::Ternary2 | ElementType::Ternary3 => {
+                let w = random_ternary(rows * cols, r);
+                let scales: Vec<f32> = (0..ns).map(|_| r.gen_range(0.01f32..0.2)).collect();
+                let nb = cols.div_ceil(BLOCK);
+                let data: Vec<u8> = if dtype == ElementType::Ternary2 {
+                    let mut b = vec![BlockTernary2 { qs: [0; 16] }; rows * nb];
+                    for (row, out) in w.chunks(cols).zip(b.chunks_mut(nb)) {
+                        pack_ternary2_row(row, out).unwrap();
+                    }
+                    bytemuck::cast_slice(&b).to_vec()
+                } else {
+                    let mut b = vec![BlockTernary3 { qs: [0; 13] }; rows * nb];
+                    for (row, out) in w.chunks(cols).zip(b.chunks_mut(nb)) {
+                        pack_ternary3_row(row, out).unwrap();
+                    }
+                    bytemuck::cast_slice(&b).to_vec()
+                };
+                for row in 0..rows {
+                    for c in 0..cols {
+                        values[row * cols + c] = f64::from(w[row * cols + c]) * f64::from(scale_of(&scales, row, c));
+                    }
+                }
+                (data, scales)
+            }
+            _ => {
+                let wf: Vec<f32> = (0..rows * cols).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+                match dtype {
+                    ElementType::Int8 => {
+                        let mut d = vec![0i8; rows * cols];
+                        let s: Vec<f32> = wf
+                            .chunks(cols)
+                            .zip(d.chunks_mut(cols))
+                            .map(|(a, b)| quantize_int8_row(a, b))
+                            .collect();
+                        for i in 0..rows * cols {
+                            values[i] = f64::from(d[i]) * f64::from(s[i / cols]);
+                        }
+                        (bytemuck::cast_slice::<i8, u8>(&d).to_vec(), s)
+                    }
+                    ElementType::Int4 => {
+                        let ScaleKind::PerGroup(g) = scale else { unreachable!() };
+                        let (rb, ng) = (cols.div_ceil(2), cols.div_ceil(g as usize));
+                        let mut d = vec![0u8; rows * rb];
+                        let mut s = vec![0f32; rows * ng];
+                        for ((a, b), c) in wf.chunks(cols).zip(d.chunks_mut(rb)).zip(s.chunks_mut(ng)) {
+                            quantize_int4_row(a, g as usize, b, c);
+                        }
+                        for row in 0..rows {
+                            for c in 0..cols {
+                                values[row * cols + c] = f64::from(int4_value(&d[row * rb..(row + 1) * rb], c))
+                                    * f64::from(scale_of(&s, row, c));
+                            }
+                        }
+                        (d, s)
+                    }
+                    ElementType::F16 => {
+                        let d: Vec<u8> = wf.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+                        for i in 0..rows * cols {
+                            values[i] = f64::from(f16::from_f32(wf[i]).to_f32());
+                        }
+                        (d, Vec::new())
+                    }
+                    _ => {
+                        for i in 0..rows * cols {
+                            values[i] = f64::from(wf[i]);
+                        }
+                        (bytemuck::cast_slice(&wf).to_vec(), Vec::new())
+                    }
+                }
+            }
+        };
+        Self {
             dtype,
             scale,
             rows,
             cols,
-            row_bytes: dtype.row_bytes(cols as u64).unwrap() as usize,
             data,
             scales,
-        };
-        let (rr, tt) = (5..29usize, 1..3usize);
+            values,
+        }
+    }
+}
+
+/// Random f32 activations for `n` tokens and their int8 form (quantized by the scalar table).
+struct TestActs {
+    x: Vec<f32>,
+    cols: usize,
+    stride: usize,
+    q: Vec<i8>,
+    cs: Vec<i32>,
+    quant: Vec<ActQuant>,
+}
+
+impl TestActs {
+    fn new(n: usize, cols: usize, r: &mut ChaCha8Rng) -> Self {
+        let x: Vec<f32> = (0..n * cols).map(|_| r.gen_range(-2.0f32..2.0)).collect();
+        let stride = round_up(cols, BLOCK);
+        let mut q = vec![0i8; n * stride];
+        let mut cs = vec![0i32; n * stride / CHUNK];
+        let mut quant = vec![ActQuant { d: 0.0, sum: 0 }; n];
+        quantize_rows(&SCALAR, &x, cols, n, stride, &mut q, &mut cs, &mut quant);
+        Self {
+            x,
+            cols,
+            stride,
+            q,
+            cs,
+            quant,
+        }
+    }
+    fn view(&self) -> Activations<'_> {
+        Activations {
+            x: &self.x,
+            cols: self.cols,
+            quantized: Some(QuantizedActs {
+                q: &self.q,
+                stride: self.stride,
+                chunk_sums: &self.cs,
+                quant: &self.quant,
+            }),
+        }
+    }
+}
+
+const GRANULARITIES: [ScaleKind; 6] = [
+    ScaleKind::PerTensor,
+    ScaleKind::PerRow,
+    ScaleKind::PerGroup(32),
+    ScaleKind::PerGroup(64),
+    ScaleKind::PerGroup(96),
+    ScaleKind::PerGroup(256),
+];
+
+/// Every (type, granularity) pair the format allows.
+fn cases() -> Vec<(ElementType, ScaleKind)> {
+    let mut v = Vec::new();
+    for t in [ElementType::Ternary2, ElementType::Ternary3] {
+        for g in GRANULARITIES {
+            v.push((t, g));
+        }
+    }
+    v.push((ElementType::Int8, ScaleKind::PerRow));
+    for g in [32, 64, 96] {
+        v.push((ElementType::Int4, ScaleKind::PerGroup(g)));
+    }
+    v.push((ElementType::F16, ScaleKind::None));
+    v.push((ElementType::F32, ScaleKind::None));
+    v
+}
+
+/// The scalar table on every type and granularity against f64 sums of the unpacked weights (with the int8
+/// activations for int8-activation types).
+#[test]
+fn scalar_matmul_matches_f64_for_every_type_and_granularity() {
+    let mut r = rng(5);
+    let (rows, cols, n) = (37usize, 160usize, 3usize);
+    let acts = TestActs::new(n, cols, &mut r);
+    for (dtype, scale) in cases() {
+        let m = TestMatrix::new(dtype, scale, rows, cols, &mut r);
+        let (rr, tt) = (5..29usize, 0..n);
         let mut out = vec![0f32; rr.len() * tt.len()];
-        (SCALAR.matmul)(&SCALAR, &m, &acts, tt.clone(), rr.clone(), &mut out);
+        matmul(&SCALAR, &m.view(), &acts.view(), tt.clone(), rr.clone(), &mut out);
+        let int8 = SCALAR.act_format(dtype) == ActFormat::Int8;
         for (ti, t) in tt.clone().enumerate() {
             for (ri, row) in rr.clone().enumerate() {
-                let rb = m.row_bytes;
-                let rowb = &data[row * rb..(row + 1) * rb];
-                let mut acc = 0.0f64;
-                let mut mag = 0.0f64;
+                let (mut acc, mut mag) = (0.0f64, 0.0f64);
                 for c in 0..cols {
-                    let wv = match dtype {
-                        ElementType::Int8 => f64::from(rowb[c] as i8) * f64::from(scales[row]),
-                        ElementType::Int4 => {
-                            f64::from(int4_value(rowb, c)) * f64::from(scales[row * cols / 32 + c / 32])
-                        }
-                        ElementType::F16 => f64::from(f16::from_le_bytes([rowb[2 * c], rowb[2 * c + 1]]).to_f32()),
-                        _ => f64::from(wf[row * cols + c]),
+                    let x = if int8 {
+                        f64::from(acts.q[t * acts.stride + c]) * f64::from(acts.quant[t].d)
+                    } else {
+                        f64::from(acts.x[t * cols + c])
                     };
-                    let v = wv * f64::from(x[t * cols + c]);
+                    let v = m.values[row * cols + c] * x;
                     acc += v;
                     mag += v.abs();
                 }
                 close(out[ti * rr.len() + ri], acc, mag);
+            }
+        }
+    }
+}
+
+/// Every table's matrix-vector and tile entries against the scalar table: identical bits for the
+/// int8-activation types, f32 rounding for f16/f32.
+#[test]
+fn every_table_matches_the_scalar_matmul() {
+    let tables = simd_tables();
+    let mut r = rng(7);
+    for cols in [32usize, 64, 96, 160, 200, 576, 1000, 1537] {
+        for (dtype, scale) in cases() {
+            if let ScaleKind::PerGroup(g) = scale {
+                if g as usize > cols && dtype == ElementType::Int4 {
+                    continue;
+                }
+            }
+            let rows = 1 + r.gen_range(0..41usize);
+            let n = 1 + r.gen_range(0..9usize);
+            let m = TestMatrix::new(dtype, scale, rows, cols, &mut r);
+            let acts = TestActs::new(n, cols, &mut r);
+            let (mv, av) = (m.view(), acts.view());
+            let lo = r.gen_range(0..rows);
+            let hi = r.gen_range(lo + 1..=rows);
+            let t0 = r.gen_range(0..n);
+            let mut want = vec![0f32; n * rows];
+            scalar::gemm(&mv, &av, 0..n, 0..rows, &mut want);
+            // Σ|w·x| per output: the scale of f32 rounding differences between summation orders.
+            let mag: Vec<f64> = (0..n * rows)
+                .map(|i| {
+                    let (t, row) = (i / rows, i % rows);
+                    (0..cols)
+                        .map(|c| (m.values[row * cols + c] * f64::from(acts.x[t * cols + c])).abs())
+                        .sum()
+                })
+                .collect();
+            for k in &tables {
+                let mk = k.for_type(dtype);
+                assert_eq!(mk.act, SCALAR.for_type(dtype).act, "{}: activation format", k.name);
+                let what = |e: &str| format!("{} {dtype:?} {scale:?} {rows}x{cols} n {n}: {e}", k.name);
+                let mut tile = vec![0f32; n * rows];
+                (mk.gemm)(&mv, &av, 0..n, 0..rows, &mut tile);
+                let mut part = vec![0f32; (n - t0) * (hi - lo)];
+                (mk.gemm)(&mv, &av, t0..n, lo..hi, &mut part);
+                let mut vec1 = vec![0f32; hi - lo];
+                (mk.gemv)(&mv, &av, t0, lo..hi, &mut vec1);
+                let exact = mk.act == ActFormat::Int8;
+                let check = |got: f32, i: usize, e: String| {
+                    let want = want[i];
+                    if exact {
+                        assert_eq!(got.to_bits(), want.to_bits(), "{e}: {got} vs {want}");
+                    } else {
+                        let tol = 1e-5 * mag[i] + 1e-6;
+                        assert!(f64::from(got - want).abs() <= tol, "{e}: {got} vs {want}");
+                    }
+                };
+                for t in 0..n {
+                    for row in 0..rows {
+                        check(
+                            tile[t * rows + row],
+                            t * rows + row,
+                            what(&format!("tile t {t} row {row}")),
+                        );
+                    }
+                }
+                for t in t0..n {
+                    for row in lo..hi {
+                        check(
+                            part[(t - t0) * (hi - lo) + row - lo],
+                            t * rows + row,
+                            what(&format!("tile part t {t} row {row}")),
+                        );
+                    }
+                }
+                for row in lo..hi {
+                    check(vec1[row - lo], t0 * rows + row, what(&format!("gemv t {t0} row {row}")));
+                }
             }
         }
     }

@@ -14,14 +14,21 @@
 //! rounding) lies within float noise of a rounding boundary, the two sides round it differently and one
 //! int8 input moves by one step, 1/127 of its row's absmax. That perturbs the logits by at most ~1e-2 of
 //! their magnitude, at the position where it happens — and, when the flipped value is a cached key or value,
-//! at every later position too (measured 4e-3..9e-3 after a flip in a K/V projection input). So the check is:
-//! at most 2 flip events per run (an event = a position above 1e-4 whose predecessor was below; a flip that
-//! persists through the KV cache is one event), and no position above 1e-2.
+//! at every later position too (measured 4e-3..9e-3 after a flip in a K/V projection input). Int8 and int4
+//! heads read int8 activations too, so the perturbed final hidden state is itself re-quantized on each side
+//! and can move a head input by one more step (measured up to 1.1e-2; 2.8e-2 in the 4-block BitNet model with
+//! a tied int4 head, whose squared-ReLU MLPs amplify the most). So the check is: at most 2 flip events per run
+//! (an event = a position above 1e-4 whose predecessor was below; a flip that persists through the KV cache
+//! is one event), and no position above 5e-2.
+//!
+//! Every kernel table this CPU runs is checked (the SIMD tables' float sums round differently from the scalar
+//! one's, so their flips fall elsewhere).
 
 mod common;
 
 use common::{build, rel_max_err, tokens, Dense, RefModel, Spec};
 use tern_format::{Architecture, ModelView, RopeScaling, RopeStyle, ScaleKind, TernaryLayout};
+use tern_runtime::kernels::{self, Kernels};
 use tern_runtime::{KvPrecision, Logits, Model, Session, SessionOptions};
 
 struct Outcome {
@@ -31,7 +38,7 @@ struct Outcome {
 }
 
 const NOISE: f64 = 1e-4;
-const FLIP: f64 = 1e-2;
+const FLIP: f64 = 5e-2;
 
 impl Outcome {
     fn ok(&self) -> bool {
@@ -42,15 +49,33 @@ impl Outcome {
 /// Runs a 23-token prompt in forward batches of 7 (logits everywhere) and 5 decode steps, comparing every
 /// position's logits with the reference.
 fn compare(spec: &Spec, seed: u64, kv: KvPrecision, threads: usize) -> Outcome {
+    let mut worst = Outcome { worst: 0.0, flips: 0 };
+    for &k in kernels::available() {
+        let o = compare_with(spec, seed, kv, threads, k);
+        if !o.ok() {
+            println!("{} table: worst {:.2e}, {} flip events", k.name, o.worst, o.flips);
+            return o;
+        }
+        worst.worst = worst.worst.max(o.worst);
+        worst.flips = worst.flips.max(o.flips);
+    }
+    worst
+}
+
+/// `compare` with one kernel table.
+fn compare_with(spec: &Spec, seed: u64, kv: KvPrecision, threads: usize, k: &'static Kernels) -> Outcome {
     let bytes = build(spec, seed);
     let view = ModelView::parse(&bytes).unwrap();
     let reference = RefModel::from_view(&view);
-    let model = Model::new(view).unwrap();
+    let mut model = Model::new(view).unwrap();
+    model.set_kernels(k);
     let opts = SessionOptions::new(spec.context as usize, 7)
         .with_kv(kv)
         .with_threads(threads);
     let mut arena = vec![0u8; opts.arena_bytes(model.config()).unwrap()];
     let mut s = Session::new(&model, &mut arena, opts).unwrap();
+    // These models are far below the default split threshold: split every loop so that threads take part.
+    s.set_min_work_per_thread(0);
 
     let mut seq = tokens(23, spec.vocab, seed ^ 0xABCD);
     let mut got: Vec<Vec<f32>> = Vec::new();

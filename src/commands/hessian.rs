@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context};
 use plotters::prelude::*;
 use tern_quantizer::data::{document_separator, tokenize_files, PackedData};
-use tern_quantizer::engine::CpuBackend;
 use tern_quantizer::hessian::{
     calibration_batches, compute_traces, temperature_scales, TemperatureScaleOptions, TraceConfig, TraceMethod,
     TraceTable,
@@ -59,6 +58,9 @@ pub struct Args {
     /// Probe only tensors whose name contains this.
     #[arg(long)]
     pub only: Option<String>,
+    /// Matrix products (as `tern quantize --precision`).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: crate::commands::quantize::PrecisionArg,
     #[arg(long)]
     pub threads: Option<usize>,
     /// Testing: a tiny random Llama instead of MODEL.
@@ -102,16 +104,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let bar = crate::progress::bar(0, "Hessian-vector products");
     let started = std::time::Instant::now();
-    let table = compute_traces(
-        &CpuBackend::<f32>::new(),
-        &src,
-        &batches,
-        &config,
-        &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        },
-    )?;
+    let backend = crate::commands::quantize::cpu_backend(args.precision);
+    eprintln!("matrix products: {}", backend.matmul_kernel_name());
+    let table = compute_traces(&backend, &src, &batches, &config, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
     bar.finish_and_clear();
     let scales = temperature_scales(
         &table,

@@ -123,6 +123,7 @@ pub fn describe(view: &ModelView<'_>, path: &str) -> String {
         "name", "type", "scale", "shape", "bytes"
     );
     let (mut all_w, mut all_b, mut tern_w, mut tern_b) = (0u64, 0u64, 0u64, 0u64);
+    let mut mixed: std::collections::BTreeMap<&str, (usize, u64, u64)> = std::collections::BTreeMap::new();
     for t in view.tensors() {
         let scale = match t.scale {
             ScaleKind::None => "-".to_string(),
@@ -146,6 +147,12 @@ pub fn describe(view: &ModelView<'_>, path: &str) -> String {
         if t.dtype.is_ternary() {
             tern_w += n;
             tern_b += t.stored_bytes();
+        } else if t.layer.is_some() && t.shape.dims().len() == 2 {
+            // A block matrix stored above ternary: Hessian-aware mixed precision.
+            let e = mixed.entry(t.dtype.name()).or_insert((0usize, 0u64, 0u64));
+            e.0 += 1;
+            e.1 += n;
+            e.2 += t.stored_bytes();
         }
     }
     let bpw = |b: u64, w: u64| if w == 0 { 0.0 } else { 8.0 * b as f64 / w as f64 };
@@ -164,6 +171,13 @@ pub fn describe(view: &ModelView<'_>, path: &str) -> String {
             o,
             "ternary:         {tern_w} weights in {tern_b} bytes: {:.3} bits/weight (incl. scales)",
             bpw(tern_b, tern_w)
+        );
+    }
+    for (dtype, (count, w, b)) in &mixed {
+        let _ = writeln!(
+            o,
+            "mixed precision: {count} block matrices in {dtype}: {w} weights in {b} bytes ({:.3} bits/weight)",
+            bpw(*b, *w)
         );
     }
     o

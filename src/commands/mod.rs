@@ -1,4 +1,5 @@
 //! One module per `tern` subcommand.
+pub mod bench;
 pub mod convert;
 pub mod export_gguf;
 pub mod hessian;

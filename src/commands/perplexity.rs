@@ -34,7 +34,7 @@ pub struct Args {
     /// Tokens per forward pass.
     #[arg(short = 'b', long, default_value_t = 64)]
     pub batch: usize,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: the physical cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
     /// KV cache precision: f16 or f32.

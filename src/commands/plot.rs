@@ -9,15 +9,138 @@ use tern_quantizer::metrics::{read_metrics, MetricsRecord, METRICS_FILE};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A training run directory (the --checkpoint-dir of `tern quantize`).
-    pub run_dir: PathBuf,
+    /// A training run directory (the --checkpoint-dir of `tern quantize`); with --compare, several, each as
+    /// LABEL=DIR (a stage directory, or a run directory whose stages are read in order).
+    #[arg(required = true)]
+    pub run_dirs: Vec<String>,
+    /// Draw one chart of held-out perplexity for several runs into this SVG instead of each run's own charts.
+    #[arg(long, value_name = "OUT.svg")]
+    pub compare: Option<PathBuf>,
+    /// --compare: x axis — training tokens, CPU hours (process CPU time / 2 cores: the wall clock of a quiet
+    /// 2-core machine) or wall-clock hours.
+    #[arg(long, value_enum, default_value = "tokens")]
+    pub x: CompareAxis,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompareAxis {
+    Tokens,
+    CpuHours,
+    WallHours,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let written = plot_run(&args.run_dir)?;
-    for p in written {
-        eprintln!("wrote {}", p.display());
+    if let Some(out) = &args.compare {
+        compare_runs(out, &args.run_dirs, args.x)?;
+        eprintln!("wrote {}", out.display());
+        return Ok(());
     }
+    for dir in &args.run_dirs {
+        for p in plot_run(Path::new(dir))? {
+            eprintln!("wrote {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// The metrics of a run in order: its own `metrics.jsonl`, or its stages' (`stage-*`), with the x values of later
+/// stages continuing from the earlier ones.
+fn run_series(dir: &Path, axis: CompareAxis) -> anyhow::Result<Vec<(f64, f64)>> {
+    let mut dirs = vec![dir.to_path_buf()];
+    if !dir.join(METRICS_FILE).exists() {
+        let mut stages: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join(METRICS_FILE).exists())
+            .collect();
+        stages.sort();
+        dirs = stages;
+    }
+    let mut out = Vec::new();
+    let mut offset = 0.0;
+    for d in dirs {
+        let records = read_metrics(&d.join(METRICS_FILE))?;
+        let x_of = |r: &MetricsRecord| match axis {
+            CompareAxis::Tokens => r.tokens.map(|t| t as f64),
+            CompareAxis::CpuHours => r.cpu_s.map(|c| c / 3600.0 / 2.0),
+            CompareAxis::WallHours => r.elapsed_s.map(|e| e / 3600.0),
+        };
+        let mut last = 0.0f64;
+        for r in &records {
+            let x = if r.step == 0 { Some(0.0) } else { x_of(r) };
+            if let Some(x) = x {
+                last = last.max(x);
+                if let Some(p) = r.eval_ppl {
+                    out.push((offset + x, p));
+                }
+            }
+        }
+        offset += last;
+    }
+    Ok(out)
+}
+
+/// Held-out perplexity (log scale) against the chosen x axis, one line per `LABEL=DIR`.
+fn compare_runs(out: &Path, runs: &[String], axis: CompareAxis) -> anyhow::Result<()> {
+    const COLORS: [RGBColor; 8] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+    ];
+    let mut series = Vec::new();
+    for spec in runs {
+        let (label, dir) = spec.split_once('=').unwrap_or((spec.as_str(), spec.as_str()));
+        let pts: Vec<(f64, f64)> = run_series(Path::new(dir), axis)?
+            .into_iter()
+            .filter(|p| p.1.is_finite() && p.1 > 0.0)
+            .map(|(x, p)| (x, p.log10()))
+            .collect();
+        series.push((label.to_string(), pts));
+    }
+    let all = || series.iter().flat_map(|(_, p)| p.iter());
+    let (x0, x1) = range(all().map(|p| p.0)).context("no held-out evaluations to plot")?;
+    let (y0, y1) = range(all().map(|p| p.1)).context("no held-out evaluations to plot")?;
+    let root = SVGBackend::new(out, (900, 560)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", out.display());
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("held-out perplexity of the ternary model", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(match axis {
+            CompareAxis::Tokens => "training tokens",
+            CompareAxis::CpuHours => "hours on 2 cores (process CPU time / 2)",
+            CompareAxis::WallHours => "wall-clock hours",
+        })
+        .y_desc("log10 perplexity")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, (label, pts)) in series.into_iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
     Ok(())
 }
 
@@ -201,6 +324,49 @@ fn temperature_chart(path: &Path, records: &[MetricsRecord]) -> anyhow::Result<(
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// The Pareto frontier of mixed precision: least total sensitivity (Σ Ω) against the file's linear-weight bytes,
+/// with the chosen assignment marked.
+pub fn frontier_chart(path: &Path, frontier: &[(u64, f64)], chosen_bytes: u64) -> anyhow::Result<()> {
+    let pts: Vec<(f64, f64)> = frontier
+        .iter()
+        .filter(|p| p.1.is_finite() && p.1 > 0.0)
+        .map(|&(b, s)| (b as f64 / 1e6, s.log10()))
+        .collect();
+    let (x0, x1) = range(pts.iter().map(|p| p.0)).context("empty frontier")?;
+    let (y0, y1) = range(pts.iter().map(|p| p.1)).context("empty frontier")?;
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "mixed precision: sensitivity vs size (Pareto frontier)",
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("file size, MB")
+        .y_desc("log10 Σ Ω")
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(pts.iter().copied(), BLUE.stroke_width(2)))
+        .map_err(|e| err(&e))?;
+    let x = chosen_bytes as f64 / 1e6;
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(x, y0), (x, y1)],
+            RED.stroke_width(1),
+        )))
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())

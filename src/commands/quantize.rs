@@ -8,13 +8,17 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tern_format::TernaryLayout;
 use tern_quantizer::data::DEFAULT_HELD_OUT_FRACTION;
+use tern_quantizer::engine::matmul::MatmulPrecision;
 use tern_quantizer::engine::quant::schedule::{AnnealShape, TemperatureStyle};
-use tern_quantizer::engine::{Backend, CpuBackend, ScaleGroups};
+use tern_quantizer::engine::{Backend, CpuBackend, LinearPrecision, ScaleGroups};
+use tern_quantizer::hessian::mixed::Budget;
 use tern_quantizer::hessian::{TraceConfig, TraceMethod};
 use tern_quantizer::ptq::{HeadFormat, PtqOptions, ScaleGranularity};
 use tern_quantizer::qat::blockwise::{BlockInputs, BlockwiseConfig, BlockwiseEvent};
 use tern_quantizer::qat::hestia::HestiaOptions;
-use tern_quantizer::qat::pipeline::{run_recipe, DataSpec, Method, PipelineEvent, Recipe, Stage, TraceSource};
+use tern_quantizer::qat::pipeline::{
+    run_recipe, DataSpec, Method, MixedSpec, PipelineEvent, Recipe, Stage, TraceSource,
+};
 use tern_quantizer::teacher::TeacherDataOptions;
 use tern_quantizer::train::{DebugOptions, ScheduleKind, TrainConfig, TrainEvent};
 use tern_quantizer::SourceModel;
@@ -46,6 +50,28 @@ pub enum RecipeArg {
 pub enum Device {
     Cpu,
     Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    Auto,
+    Bf16,
+    #[value(name = "f32-avx512")]
+    F32Avx512,
+    F32,
+}
+
+/// The CPU backend the arguments ask for.
+pub fn cpu_backend(p: PrecisionArg) -> CpuBackend<f32> {
+    use tern_quantizer::engine::matmul::{amx_bf16_available, avx512_f32_available};
+    let precision = match p {
+        PrecisionArg::Auto if amx_bf16_available() => MatmulPrecision::Bf16,
+        PrecisionArg::Auto if avx512_f32_available() => MatmulPrecision::F32Avx512,
+        PrecisionArg::Auto | PrecisionArg::F32 => MatmulPrecision::F32,
+        PrecisionArg::Bf16 => MatmulPrecision::Bf16,
+        PrecisionArg::F32Avx512 => MatmulPrecision::F32Avx512,
+    };
+    CpuBackend::<f32>::new().with_matmul_precision(precision)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -207,9 +233,25 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub trace_batches: usize,
 
+    // ---- Hessian-aware mixed precision ----
+    /// Keep the most sensitive linear weights at int4/int8 within this file size: +5% (of the all-ternary file),
+    /// 60MB, 57000000 (bytes) or 2.5bpw (over the linear weights). Needs Hessian traces.
+    #[arg(long, value_parser = Budget::parse)]
+    pub budget: Option<Budget>,
+    /// Group size of the int4 option of --budget.
+    #[arg(long, default_value_t = 32)]
+    pub int4_group: u32,
+    /// Control experiment for --budget: a random assignment of the same size (from this seed).
+    #[arg(long, value_name = "SEED", requires = "budget")]
+    pub random_assignment: Option<u64>,
+
     // ---- operation ----
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
+    /// Matrix products: auto (bf16 on AMX where the CPU has it, else f32 on AVX-512, else f32), bf16 (bf16
+    /// inputs, f32 accumulation; f32 without AMX), f32-avx512, or f32 (the gemm crate; the reference).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: PrecisionArg,
     /// Run directory: checkpoints, metrics.jsonl, plots, caches (default: OUT with `.run` appended).
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
@@ -364,6 +406,8 @@ pub fn recipe(args: &Args) -> anyhow::Result<Recipe> {
         quantizer,
         scale_groups: groups,
         hestia: hestia_opt,
+        precisions: Vec::new(),
+        matmul: String::new(),
         seed: args.seed,
         checkpoint_every: args.checkpoint_every,
         keep_checkpoints: args.keep_checkpoints,
@@ -384,10 +428,11 @@ pub fn recipe(args: &Args) -> anyhow::Result<Recipe> {
             args.method
         );
     }
-    let traces = match (&args.traces, args.alpha == 0.0) {
-        (_, true) => TraceSource::None,
-        (Some(p), false) => TraceSource::File(p.clone()),
-        (None, false) => TraceSource::Compute(TraceConfig {
+    let needs_traces = (method == Method::Hestia && args.alpha != 0.0) || args.budget.is_some();
+    let traces = match (&args.traces, needs_traces) {
+        (_, false) => TraceSource::None,
+        (Some(p), true) => TraceSource::File(p.clone()),
+        (None, true) => TraceSource::Compute(TraceConfig {
             method: match args.trace_method {
                 TraceMethodArg::Hutchinson => TraceMethod::Hutchinson { probes: args.probes },
                 TraceMethodArg::Hutchpp => TraceMethod::HutchPlusPlus {
@@ -430,14 +475,27 @@ pub fn recipe(args: &Args) -> anyhow::Result<Recipe> {
             head: args.head,
         },
         metadata: Vec::new(),
+        mixed: args.budget.map(|budget| MixedSpec {
+            budget,
+            int4_group: args.int4_group,
+            random_seed: args.random_assignment,
+        }),
     })
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     // The device comes first: without a usable GPU, `--device cuda` fails before anything is loaded or computed.
     match args.device {
-        Device::Cpu => run_on(&CpuBackend::<f32>::new(), args),
-        Device::Cuda => run_on(&cuda_backend_with_info()?.0, args),
+        Device::Cpu => {
+            let backend = cpu_backend(args.precision);
+            let kernel = backend.matmul_kernel_name().to_string();
+            run_on(&backend, kernel, args)
+        }
+        Device::Cuda => {
+            let (backend, info) = cuda_backend_with_info()?;
+            let kernel = format!("CUDA {}", info["gemm"].as_str().unwrap_or("?"));
+            run_on(&backend, kernel, args)
+        }
     }
 }
 
@@ -476,14 +534,23 @@ pub fn cuda_backend_with_info() -> anyhow::Result<(CpuBackend<f32>, serde_json::
     bail!("--device cuda: this tern was built without CUDA support (cargo feature `cuda`)")
 }
 
-fn run_on<B: Backend<Elem = f32>>(backend: &B, args: Args) -> anyhow::Result<()> {
+/// Runs the recipe on `backend`, whose matrix-product kernel `kernel` is recorded in the stage configs (a resume
+/// on another kernel is refused: its rounding differs).
+fn run_on<B: Backend<Elem = f32>>(backend: &B, kernel: String, args: Args) -> anyhow::Result<()> {
     if let Some(k) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(k)
             .build_global()
             .context("configuring the thread pool")?;
     }
-    let recipe = recipe(&args)?;
+    let mut recipe = recipe(&args)?;
+    for stage in &mut recipe.stages {
+        match stage {
+            Stage::EndToEnd(t) => t.matmul = kernel.clone(),
+            Stage::Blockwise(b) => b.matmul = kernel.clone(),
+        }
+    }
+    eprintln!("matrix products: {kernel}");
     let src = load_source(&args)?;
     let run_dir = args.checkpoint_dir.clone().unwrap_or_else(|| {
         let mut s = args.output.clone().into_os_string();
@@ -497,6 +564,7 @@ fn run_on<B: Backend<Elem = f32>>(backend: &B, args: Args) -> anyhow::Result<()>
     };
     let interactive = std::io::stderr().is_terminal();
     let mut ui = Ui::new(interactive);
+    ui.run_dir = Some(run_dir.clone());
     let outcome = run_recipe(
         backend,
         &src,
@@ -561,6 +629,7 @@ fn run_on<B: Backend<Elem = f32>>(backend: &B, args: Args) -> anyhow::Result<()>
 /// Progress bars and log lines for the pipeline's events.
 struct Ui {
     interactive: bool,
+    run_dir: Option<PathBuf>,
     bar: Option<indicatif::ProgressBar>,
     tokens_per_s_ema: Option<f64>,
     total_steps: u64,
@@ -570,6 +639,7 @@ impl Ui {
     fn new(interactive: bool) -> Self {
         Self {
             interactive,
+            run_dir: None,
             bar: None,
             tokens_per_s_ema: None,
             total_steps: 0,
@@ -646,6 +716,37 @@ impl Ui {
                     dir.display(),
                     if skipped { " (finished earlier, skipped)" } else { "" }
                 ));
+            }
+            PipelineEvent::MixedPrecision {
+                precisions,
+                bytes,
+                ternary_bytes,
+                frontier,
+            } => {
+                self.finish();
+                let int8 = precisions
+                    .iter()
+                    .filter(|(_, p)| matches!(p, LinearPrecision::Int8))
+                    .count();
+                self.log(format!(
+                    "mixed precision: {} tensors above ternary ({int8} int8, {} int4); file {bytes} bytes vs \
+                     {ternary_bytes} all-ternary (+{:.1}%)",
+                    precisions.len(),
+                    precisions.len() - int8,
+                    100.0 * (bytes as f64 / ternary_bytes.max(1) as f64 - 1.0)
+                ));
+                for (name, p) in precisions.iter() {
+                    self.log(format!("  {name}: {p:?}"));
+                }
+                if let Some(dir) = &self.run_dir {
+                    let path = dir.join("frontier.svg");
+                    // The frontier is over the linear weights; shift it by the rest of the file.
+                    let rest = ternary_bytes.saturating_sub(frontier.first().map_or(0, |f| f.0));
+                    let file: Vec<(u64, f64)> = frontier.iter().map(|&(b, s)| (b + rest, s)).collect();
+                    if let Err(e) = crate::commands::plot::frontier_chart(&path, &file, bytes) {
+                        self.log(format!("warning: drawing {}: {e:#}", path.display()));
+                    }
+                }
             }
             PipelineEvent::Train(t) => self.train_event(t),
             PipelineEvent::Blockwise(b) => self.block_event(b),

@@ -41,9 +41,13 @@ pub struct Args {
     /// Random seed (default: from the clock; printed so a run can be repeated).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: the physical cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
+    /// Kernel table to run (scalar, avx2, avx512, neon, neon-dotprod; default: the fastest this CPU runs, or
+    /// the one the TERN_KERNELS environment variable names).
+    #[arg(short = 'k', long)]
+    pub kernels: Option<String>,
     /// Wrap the prompt in the model's chat template (instruct models).
     #[arg(long)]
     pub chat: bool,
@@ -69,9 +73,28 @@ pub fn parse_kv(s: &str) -> Result<KvPrecision, String> {
     }
 }
 
-/// Default thread count: the machine's cores.
+/// Default thread count: the machine's physical cores (hyper-threads share a core's SIMD units and bandwidth).
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    tern_tools::cpu::physical_cores()
+}
+
+/// The kernel table called `name`, or an error listing the tables this CPU runs.
+pub fn table_by_name(name: &str) -> anyhow::Result<&'static tern_runtime::Kernels> {
+    tern_runtime::kernels::by_name(name).with_context(|| {
+        let have: Vec<&str> = tern_runtime::kernels::available().iter().map(|k| k.name).collect();
+        format!(
+            "kernel table {name:?} is not available on this CPU (available: {})",
+            have.join(", ")
+        )
+    })
+}
+
+/// Applies `--kernels NAME` (else the table `Model::new` chose: the fastest, or the one `TERN_KERNELS` names).
+pub fn choose_kernels(model: &mut tern_runtime::Model<'_>, name: Option<&str>) -> anyhow::Result<()> {
+    if let Some(name) = name {
+        model.set_kernels(table_by_name(name)?);
+    }
+    Ok(())
 }
 
 struct Speed {
@@ -148,7 +171,8 @@ fn with_bos(tok: &Tokenizer, mut ids: Vec<u32>) -> Vec<u32> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let file = load::map(&args.model)?;
-    let model = load::model(&file, true).with_context(|| format!("loading {}", args.model.display()))?;
+    let mut model = load::model(&file, true).with_context(|| format!("loading {}", args.model.display()))?;
+    choose_kernels(&mut model, args.kernels.as_deref())?;
     let tok = Tokenizer::from_model(model.view())?;
     let cfg = *model.config();
     let ctx = args.ctx.unwrap_or((cfg.context_length as usize).min(4096));

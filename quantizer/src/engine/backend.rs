@@ -21,7 +21,7 @@
 use tern_format::RopeStyle;
 
 use super::error::EngineResult;
-use super::quant::SoftState;
+use super::quant::{LinearPrecision, SoftState};
 use super::scalar::Float;
 
 /// Target id that contributes neither loss nor gradient (padding, document boundaries).
@@ -197,6 +197,15 @@ pub trait Backend: Send + Sync {
         w: &Self::Buf,
         group_len: usize,
         state: SoftState,
+    ) -> EngineResult<()>;
+    /// An integer weight precision (int8 per row, int4 per group of a row), row by row over rows of `cols`:
+    /// `out` = the values the `.tern` format stores (straight-through in the backward).
+    fn quantize_weight_integer(
+        &self,
+        out: &mut Self::Buf,
+        w: &Self::Buf,
+        cols: usize,
+        precision: LinearPrecision,
     ) -> EngineResult<()>;
     /// Per-row absmax int8: `s = 127 / max(max|x_row|, 1e-5)`, `out = clamp(round(x·s), -128, 127) / s`
     /// (straight-through in the backward).

@@ -12,7 +12,7 @@ use super::layers::rope::rope_table;
 use super::layers::{ParamId, QuantScratch};
 use super::model::{block_plan, EngineConfig, LayerParamIds, ParamLayout, ParamSpec, Parameters};
 use super::quant::state::QuantizedWeights;
-use super::quant::SoftState;
+use super::quant::{LinearPrecision, SoftState};
 use super::scalar::Float;
 
 /// The parameters of layer `layer` of a model, with ids local to the block.
@@ -152,6 +152,12 @@ impl<B: Backend> BlockModel<B> {
     }
     pub fn quantized_params(&self) -> Vec<ParamId> {
         self.quantized.quantized_params()
+    }
+    pub fn soft_params(&self) -> Vec<ParamId> {
+        self.quantized.soft_params()
+    }
+    pub fn set_precision(&mut self, id: ParamId, precision: LinearPrecision) -> EngineResult<()> {
+        self.quantized.set_precision(id, precision)
     }
     pub fn set_soft_state(&mut self, id: ParamId, state: SoftState) -> EngineResult<()> {
         self.quantized.set_soft_state(id, state)

@@ -37,7 +37,7 @@ use super::layers::rope::rope_table;
 use super::layers::{quant_scratch_elements, ParamId, QuantScratch};
 use super::optim::{AdamW, OptimStepReport};
 use super::quant::state::QuantizedWeights;
-use super::quant::{ScaleGroups, SoftState, WeightQuantizer};
+use super::quant::{LinearPrecision, ScaleGroups, SoftState, WeightQuantizer};
 use super::rng::SplitMix64;
 use super::scalar::Float;
 
@@ -689,6 +689,16 @@ impl<B: Backend> Transformer<B> {
     /// Length of the scale groups of a quantized weight (`None` for tensors that are not quantized).
     pub fn group_len(&self, id: ParamId) -> Option<usize> {
         self.quantized.group_len(id)
+    }
+
+    /// Keeps a linear weight at an integer precision (mixed precision; see [`QuantizedWeights::set_precision`]).
+    pub fn set_precision(&mut self, id: ParamId, precision: LinearPrecision) -> EngineResult<()> {
+        self.quantized.set_precision(id, precision)
+    }
+
+    /// The weights the soft (Hestia) quantizer applies to: the ternary ones under [`WeightQuantizer::Soft`].
+    pub fn soft_params(&self) -> Vec<ParamId> {
+        self.quantized.soft_params()
     }
 
     /// The soft quantizer's state of every parameter (meaningful for quantized linear weights under

@@ -6,6 +6,7 @@
 
 pub mod estimators;
 pub mod hvp;
+pub mod mixed;
 pub mod temperature;
 
 use std::path::{Path, PathBuf};

@@ -27,8 +27,8 @@ use crate::checkpoint::{
 };
 use crate::data::{DataOrder, Fnv64, HostBatch, PackedData};
 use crate::engine::{
-    AdamW, AdamWConfig, Backend, BlockModel, EngineConfig, EngineError, LrSchedule, ParamLayout, Parameters,
-    QuantConfig, Recompute, ScaleGroups, SoftState, Transformer, WeightQuantizer,
+    AdamW, AdamWConfig, Backend, BlockModel, EngineConfig, EngineError, LinearPrecision, LrSchedule, ParamLayout,
+    Parameters, QuantConfig, Recompute, ScaleGroups, SoftState, Transformer, WeightQuantizer,
 };
 use crate::metrics::{
     last_cpu_seconds, process_cpu_seconds, truncate_after, MetricsRecord, MetricsWriter, METRICS_FILE,
@@ -74,6 +74,12 @@ pub struct BlockwiseConfig {
     pub quantizer: WeightQuantizer,
     pub scale_groups: ScaleGroups,
     pub hestia: Option<HestiaOptions>,
+    /// Mixed precision: linear weights kept at an integer precision (by name).
+    #[serde(default)]
+    pub precisions: Vec<(String, LinearPrecision)>,
+    /// The backend's matrix-product kernel (a resume with another one is refused).
+    #[serde(default)]
+    pub matmul: String,
     pub seed: u64,
     // ---- do not affect the weights ----
     pub checkpoint_every: u64,
@@ -98,6 +104,8 @@ impl Default for BlockwiseConfig {
             quantizer: WeightQuantizer::Ste,
             scale_groups: ScaleGroups::PerTensor,
             hestia: None,
+            precisions: Vec::new(),
+            matmul: String::new(),
             seed: 0,
             checkpoint_every: 50,
             keep_checkpoints: 2,
@@ -424,6 +432,8 @@ pub fn train_blockwise<B: Backend<Elem = f32>>(
         let mut block = BlockModel::new(backend, engine_config.clone(), layer)?;
         let mut eval_block = BlockModel::new(backend, eval_config.clone(), layer)?;
         let blayout = block.layout().clone();
+        set_block_precisions(&blayout, &config.precisions, &mut block)?;
+        set_block_precisions(&blayout, &config.precisions, &mut eval_block)?;
         let bparam_layout = blayout.param_layout();
         let host_block: Vec<Vec<f32>> = blayout.global_ids.iter().map(|g| latent[g.0].clone()).collect();
         let mut params = Parameters::from_host(backend, &bparam_layout, &host_block)?;
@@ -440,7 +450,7 @@ pub fn train_blockwise<B: Backend<Elem = f32>>(
         let control = match (config.quantizer, &config.hestia) {
             (WeightQuantizer::Soft, Some(h)) => {
                 let scales = block
-                    .quantized_params()
+                    .soft_params()
                     .into_iter()
                     .map(|id| {
                         let name = &blayout.specs[id.0].name;
@@ -620,6 +630,20 @@ pub fn train_blockwise<B: Backend<Elem = f32>>(
     })
 }
 
+/// The mixed-precision overrides that name tensors of this block.
+fn set_block_precisions<B: Backend>(
+    layout: &crate::engine::BlockLayout,
+    precisions: &[(String, LinearPrecision)],
+    block: &mut BlockModel<B>,
+) -> Result<(), TrainError> {
+    for (name, p) in precisions {
+        if let Some(k) = layout.specs.iter().position(|s| &s.name == name) {
+            block.set_precision(crate::engine::ParamId(k), *p)?;
+        }
+    }
+    Ok(())
+}
+
 fn non_finite(e: EngineError, step: u64) -> TrainError {
     match e {
         EngineError::NonFinite { source_kind, value, .. } => TrainError::NonFinite {
@@ -742,6 +766,8 @@ fn quantized_inputs<B: Backend<Elem = f32>>(
             recompute: Recompute::None,
         };
         let mut block = BlockModel::new(backend, cfg, layer - 1)?;
+        let bl = block.layout().clone();
+        set_block_precisions(&bl, &config.precisions, &mut block)?;
         let host: Vec<Vec<f32>> = block.layout().global_ids.iter().map(|g| latent[g.0].clone()).collect();
         let params = Parameters::from_host(backend, &block.layout().param_layout(), &host)?;
         for i in 0..shape.windows {

@@ -14,13 +14,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{latest_checkpoint, list_checkpoints};
 use crate::data::{document_separator, tokenize_files, PackedData};
-use crate::engine::{Backend, ParamLayout, ScaleGroups, WeightQuantizer};
+use crate::engine::{Backend, LinearPrecision, ParamLayout, ScaleGroups, WeightQuantizer};
+use crate::hessian::mixed::{frontier, random_assignment, select, tensor_choices, ternary_bytes, Budget};
 use crate::hessian::{
     calibration_batches, compute_traces, temperature_scales, HessianError, TemperatureScaleOptions, TraceConfig,
     TraceTable,
 };
 use crate::model::SourceModel;
-use crate::ptq::{ptq_model, PtqOptions, ScaleGranularity};
+use crate::ptq::{ptq_model, ptq_model_mixed, PtqOptions, ScaleGranularity};
 use crate::qat::blockwise::{train_blockwise, BlockwiseConfig, BlockwiseEvent};
 use crate::qat::hestia::HestiaOptions;
 use crate::teacher::{generate_teacher_data, TeacherDataOptions};
@@ -100,6 +101,18 @@ pub struct Recipe {
     pub export: PtqOptions,
     /// Extra `training.*` metadata for the exported file.
     pub metadata: Vec<(String, String)>,
+    /// Hessian-aware mixed precision: keep the most sensitive linear weights at int4/int8 within a size budget.
+    pub mixed: Option<MixedSpec>,
+}
+
+/// What mixed precision the recipe asks for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MixedSpec {
+    pub budget: Budget,
+    /// Group size of the int4 option.
+    pub int4_group: u32,
+    /// Control experiment: a random assignment of the same budget (this seed) instead of the trace-guided one.
+    pub random_seed: Option<u64>,
 }
 
 pub enum PipelineEvent<'a> {
@@ -113,6 +126,14 @@ pub enum PipelineEvent<'a> {
         total: usize,
     },
     TracesReady(&'a TraceTable, &'a [f64]),
+    /// Mixed precision: the chosen assignment (integer tensors by name), its bytes, the all-ternary bytes, and
+    /// the Pareto frontier (bytes, total sensitivity) of the linear weights.
+    MixedPrecision {
+        precisions: &'a [(String, LinearPrecision)],
+        bytes: u64,
+        ternary_bytes: u64,
+        frontier: &'a [(u64, f64)],
+    },
     StageStarted {
         index: usize,
         count: usize,
@@ -264,21 +285,18 @@ pub fn prepare_data(
     Ok(data)
 }
 
-/// Hestia's traces (computed once and kept as `RUN_DIR/traces.csv`, or read from a file) and the temperature
-/// scales they give.
-fn traces_and_scales<B: Backend<Elem = f32>>(
+/// The recipe's Hessian traces: read from `--traces`, from `RUN_DIR/traces.csv` of an earlier session, or
+/// computed on the training data (and then kept there). `None` when the recipe needs none.
+fn recipe_traces<B: Backend<Elem = f32>>(
     backend: &B,
     src: &SourceModel,
     recipe: &Recipe,
     data: &PackedData,
     run_dir: &Path,
     observer: &mut dyn FnMut(PipelineEvent<'_>),
-) -> Result<Option<Vec<(String, f64)>>, TrainError> {
-    if recipe.method != Method::Hestia {
-        return Ok(None);
-    }
+) -> Result<Option<TraceTable>, TrainError> {
     let cached = run_dir.join("traces.csv");
-    let table = match &recipe.traces {
+    Ok(Some(match &recipe.traces {
         TraceSource::None => return Ok(None),
         TraceSource::File(p) => TraceTable::read_csv(p).map_err(hessian_err)?,
         TraceSource::Compute(cfg) => {
@@ -297,17 +315,36 @@ fn traces_and_scales<B: Backend<Elem = f32>>(
                 .map_err(hessian_err)?
             }
         }
-    };
+    }))
+}
+
+/// Hestia's temperature scales from the traces (`None` for other methods or without traces); writes
+/// `RUN_DIR/traces.csv` once.
+fn temperature_scales_of(
+    recipe: &Recipe,
+    table: Option<&TraceTable>,
+    run_dir: &Path,
+    observer: &mut dyn FnMut(PipelineEvent<'_>),
+) -> Result<Option<Vec<(String, f64)>>, TrainError> {
+    let Some(table) = table else { return Ok(None) };
     let opts = TemperatureScaleOptions {
-        alpha: recipe.hestia.alpha,
+        alpha: if recipe.method == Method::Hestia {
+            recipe.hestia.alpha
+        } else {
+            0.0
+        },
         kappa: recipe.hestia.kappa,
         per_parameter: recipe.hestia.per_parameter,
     };
-    let scales = temperature_scales(&table, &opts).map_err(hessian_err)?;
+    let scales = temperature_scales(table, &opts).map_err(hessian_err)?;
+    let cached = run_dir.join("traces.csv");
     if !cached.exists() {
         tern_format::write_atomic(&cached, table.to_csv(&scales).as_bytes()).map_err(io_err(&cached, "writing"))?;
     }
-    observer(PipelineEvent::TracesReady(&table, &scales));
+    observer(PipelineEvent::TracesReady(table, &scales));
+    if recipe.method != Method::Hestia {
+        return Ok(None);
+    }
     Ok(Some(
         table
             .entries
@@ -316,6 +353,60 @@ fn traces_and_scales<B: Backend<Elem = f32>>(
             .zip(scales.iter().copied())
             .collect(),
     ))
+}
+
+/// The mixed-precision assignment of the recipe (integer tensors by name), written to `RUN_DIR/mixed.json`.
+fn mixed_precisions(
+    src: &SourceModel,
+    recipe: &Recipe,
+    spec: &MixedSpec,
+    table: &TraceTable,
+    run_dir: &Path,
+    observer: &mut dyn FnMut(PipelineEvent<'_>),
+) -> Result<Vec<(String, LinearPrecision)>, TrainError> {
+    let choices = tensor_choices(src, table, &recipe.export, spec.int4_group).map_err(hessian_err)?;
+    let ternary_linear = ternary_bytes(&choices);
+    // The rest of the file: the all-ternary file minus its linear weights.
+    let file = ptq_model(src, &recipe.export, &mut |_, _, _| {})?
+        .to_bytes()
+        .map_err(crate::ptq::ConvertError::from)?
+        .len() as u64;
+    let rest = file.saturating_sub(ternary_linear);
+    let params: usize = choices.iter().map(|c| c.params).sum();
+    let budget = spec.budget.linear_bytes(ternary_linear, rest, params);
+    let assignment = match spec.random_seed {
+        Some(seed) => random_assignment(&choices, budget, seed),
+        None => select(&choices, budget).map_err(hessian_err)?,
+    };
+    let precisions = assignment.precisions(&choices);
+    let max = choices
+        .iter()
+        .map(|t| t.candidates.iter().map(|c| c.bytes).max().unwrap_or(0))
+        .sum::<u64>()
+        .min(budget.max(ternary_linear) * 2);
+    let front = frontier(&choices, max, 41);
+    let json = serde_json::json!({
+        "budget": format!("{:?}", spec.budget),
+        "linear_budget_bytes": budget,
+        "ternary_linear_bytes": ternary_linear,
+        "rest_of_file_bytes": rest,
+        "assignment_bytes": assignment.bytes,
+        "assignment_sensitivity": assignment.sensitivity,
+        "ternary_sensitivity": choices.iter().map(|c| c.candidates[0].sensitivity).sum::<f64>(),
+        "random_seed": spec.random_seed,
+        "precisions": precisions,
+        "tensors": choices,
+        "frontier": front,
+    });
+    let path = run_dir.join("mixed.json");
+    tern_format::write_atomic(&path, format!("{json:#}\n").as_bytes()).map_err(io_err(&path, "writing"))?;
+    observer(PipelineEvent::MixedPrecision {
+        precisions: &precisions,
+        bytes: assignment.bytes + rest,
+        ternary_bytes: ternary_linear + rest,
+        frontier: &front,
+    });
+    Ok(precisions)
 }
 
 /// Whether a stage's directory holds a finished run, and its final weights if so.
@@ -349,11 +440,21 @@ pub fn run_recipe<B: Backend<Elem = f32>>(
     std::fs::create_dir_all(run_dir).map_err(io_err(run_dir, "creating"))?;
     let layout = ParamLayout::new(&src.config);
     let mut trained: Option<Vec<Vec<f32>>> = None;
+    let mut precisions: Vec<(String, LinearPrecision)> = Vec::new();
     let (mut final_eval, mut initial_eval, mut gap) = (None, None, None);
     let mut stage_summaries = Vec::new();
     if recipe.method != Method::Ptq {
         let data = prepare_data(src, recipe, run_dir, observer)?;
-        let scales = traces_and_scales(backend, src, recipe, &data, run_dir, observer)?;
+        let table = recipe_traces(backend, src, recipe, &data, run_dir, observer)?;
+        let scales = temperature_scales_of(recipe, table.as_ref(), run_dir, observer)?;
+        if let Some(spec) = &recipe.mixed {
+            let table = table.as_ref().ok_or_else(|| {
+                TrainError::Config(
+                    "mixed precision needs Hessian traces (do not set --alpha 0 without --traces)".into(),
+                )
+            })?;
+            precisions = mixed_precisions(src, recipe, spec, table, run_dir, observer)?;
+        }
         let count = recipe.stages.len();
         for (i, stage) in recipe.stages.iter().enumerate() {
             let dir = if count == 1 {
@@ -384,6 +485,10 @@ pub fn run_recipe<B: Backend<Elem = f32>>(
             });
             match stage {
                 Stage::Blockwise(cfg) => {
+                    let cfg = &BlockwiseConfig {
+                        precisions: precisions.clone(),
+                        ..cfg.clone()
+                    };
                     // After another stage it starts from that stage's weights; its targets stay the original
                     // full-precision model's.
                     let out = train_blockwise(
@@ -406,6 +511,10 @@ pub fn run_recipe<B: Backend<Elem = f32>>(
                     trained = Some(out.latent);
                 }
                 Stage::EndToEnd(cfg) => {
+                    let cfg = &TrainConfig {
+                        precisions: precisions.clone(),
+                        ..cfg.clone()
+                    };
                     let start = StageStart {
                         init: trained.as_deref(),
                         temperature_scales: scales.as_deref(),
@@ -454,7 +563,7 @@ pub fn run_recipe<B: Backend<Elem = f32>>(
     };
     let (mut model, check) = match &trained {
         Some(latent) => {
-            let check = check_export_matches_engine(backend, &layout, latent, groups)?;
+            let check = check_export_matches_engine(backend, &layout, latent, groups, &precisions)?;
             (trained_source_model(src, &layout, latent)?, check)
         }
         None => (src.clone(), ExportCheck::default()),
@@ -475,7 +584,7 @@ pub fn run_recipe<B: Backend<Elem = f32>>(
             .push(("training.held_out_ppl".into(), format!("{:.4}", e.ppl)));
     }
     model.metadata.extend(recipe.metadata.iter().cloned());
-    let writer = ptq_model(&model, &export_opts, &mut |_, _, _| {})?;
+    let writer = ptq_model_mixed(&model, &export_opts, &precisions, &mut |_, _, _| {})?;
     let bytes = writer.to_bytes().map_err(crate::ptq::ConvertError::from)?;
     tern_format::write_atomic(output, &bytes).map_err(io_err(output, "writing"))?;
     let summary = serde_json::json!({
@@ -488,6 +597,7 @@ pub fn run_recipe<B: Backend<Elem = f32>>(
         "export_code_mismatches": check.code_mismatches,
         "export_scale_mismatches": check.scale_mismatches,
         "output_bytes": bytes.len(),
+        "integer_tensors": precisions,
     });
     let summary_path = run_dir.join("summary.json");
     tern_format::write_atomic(&summary_path, format!("{summary:#}\n").as_bytes())

@@ -161,8 +161,8 @@ pub unsafe extern "C" fn tern_session_new(
 
 /// Creates a session inside the caller's `arena` of `arena_size` bytes (any alignment; at least
 /// `tern_model_arena_size` for these options). After this call tern allocates nothing for the session:
-/// feeding, logits, sampling and generation without text run in the arena (with one thread; more threads are
-/// spawned per matrix product today, which allocates their stacks). The arena must stay valid, and
+/// feeding, logits, sampling and generation without text run in the arena (with any thread count: the worker
+/// threads start with the session and are replaced only by `tern_session_set_threads`). The arena must stay valid, and
 /// untouched by the caller, until `tern_session_free`.
 ///
 /// # Safety

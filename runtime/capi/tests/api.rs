@@ -10,7 +10,7 @@ mod common;
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr::{null, null_mut};
 
-use common::counting::{counted, Counting};
+use common::counting::{counted, counted_everywhere, Counting, ONE_AT_A_TIME};
 use common::{build, tokens, Spec};
 use tern::generate::*;
 use tern::model::*;
@@ -97,6 +97,8 @@ unsafe extern "C" fn collect(user: *mut c_void, token: u32, text: *const c_char,
 
 #[test]
 fn c_api_matches_the_runtime() {
+    // Every test holds it: one test counts allocations process-wide.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let sp = spec();
     let bytes = build(&sp, 3);
     let vocab = sp.vocab as usize;
@@ -253,10 +255,20 @@ fn c_api_matches_the_runtime() {
 
 #[test]
 fn inference_calls_allocate_nothing_after_session_creation() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for threads in [1, 2] {
+        inference_allocations(threads);
+    }
+}
+
+fn inference_allocations(threads: u32) {
     let sp = spec();
     let bytes = build(&sp, 4);
     let m = open(&bytes);
-    let o = options(40, 4);
+    let o = tern_session_options {
+        threads,
+        ..options(40, 4)
+    };
     let mut size = 0usize;
     // SAFETY: live handles and valid pointers.
     ok(unsafe { tern_model_arena_size(m, &o, &mut size) });
@@ -274,7 +286,9 @@ fn inference_calls_allocate_nothing_after_session_creation() {
     let mut ids: Vec<u32> = Vec::with_capacity(64);
     let ids_ptr: *mut c_void = (&raw mut ids).cast();
     // SAFETY: handles this test made and has not freed, pointers to live locals.
-    let (statuses, n) = counted(|| unsafe {
+    // Worker threads allocate on their own threads: count process-wide when there are some.
+    let count = if threads == 1 { counted } else { counted_everywhere };
+    let (statuses, n) = count(|| unsafe {
         let mut t = 0u32;
         let mut pos = 0usize;
         let mut result = tern_generate_result::default();
@@ -302,7 +316,7 @@ fn inference_calls_allocate_nothing_after_session_creation() {
     for st in statuses {
         ok(st);
     }
-    assert_eq!(n, 0, "{n} heap allocations after session creation");
+    assert_eq!(n, 0, "{threads} threads: {n} heap allocations after session creation");
     // SAFETY: handles this test made and has not freed, pointers to live locals.
     unsafe {
         tern_session_free(s);
@@ -326,6 +340,8 @@ fn feed_some(m: *const tern_model, vocab: u32, seed: u64) -> Vec<f32> {
 
 #[test]
 fn one_model_shared_by_sessions_on_many_threads() {
+    // Every test holds it: one test counts allocations process-wide.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let sp = spec();
     let bytes = build(&sp, 6);
     let m = open(&bytes);
@@ -363,6 +379,8 @@ unsafe extern "C" fn reenter(user: *mut c_void, token: u32, _text: *const c_char
 
 #[test]
 fn reentry_is_busy_and_a_freed_model_is_detected() {
+    // Every test holds it: one test counts allocations process-wide.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let sp = spec();
     let bytes = build(&sp, 8);
     let m = open(&bytes);
@@ -430,6 +448,8 @@ fn reentry_is_busy_and_a_freed_model_is_detected() {
 
 #[test]
 fn files_and_models_without_tokenizers() {
+    // Every test holds it: one test counts allocations process-wide.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let sp = spec();
     let bytes = build(&sp, 9);
     let dir = std::env::temp_dir().join(format!("tern-capi-test-{}", std::process::id()));

@@ -2,32 +2,58 @@
 //! tested against. Float sums use eight interleaved partial sums (lane `j` takes the elements `i ≡ j mod 8` of
 //! the whole 8-element chunks, lanes are added in order, then the tail), which lets the compiler vectorise
 //! them and gives SIMD versions a fixed order to reproduce.
+//!
+//! Int8-activation matrices (ternary, int8, int4) are defined by `int_row`: per scale span an exact i32 sum,
+//! then a fixed sequence of f32 operations. Every table reproduces those bits.
+
+use core::ops::Range;
 
 use half::f16;
 use tern_format::blocks::{round_half_even, BlockTernary2, BlockTernary3};
+use tern_format::{ElementType, ScaleKind};
 
-use super::{ActQuant, BLOCK, CHUNK};
+use super::tiles::{epilogue_group, epilogue_single, float_gemm};
+use super::{round_up, ActQuant, Activations, Matrix, QRow, BLOCK, CHUNK};
 
 /// Smallest absmax used for activation scaling (BitNet b1.58: `127 / max(|x|, 1e-5)`).
 pub const ACT_EPS: f32 = 1e-5;
 
 /// Per-token int8 activation quantization (see `Kernels::quantize_i8`).
 pub fn quantize_i8(x: &[f32], q: &mut [i8], chunk_sums: &mut [i32]) -> ActQuant {
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let s = 127.0 / amax.max(ACT_EPS);
-    for (i, qi) in q.iter_mut().enumerate() {
-        *qi = match x.get(i) {
-            // Ties to even, as the training engine (and PyTorch BitNet code) rounds.
-            Some(&v) => round_half_even(v * s).clamp(-128.0, 127.0) as i8,
-            None => 0,
-        };
-    }
+    let s = act_scale(absmax(x));
     let mut sum = 0i32;
-    for (cs, chunk) in chunk_sums.iter_mut().zip(q.chunks(CHUNK)) {
-        *cs = chunk.iter().map(|&v| i32::from(v)).sum();
-        sum += *cs;
+    for (c, (qc, cs)) in q.chunks_mut(CHUNK).zip(chunk_sums.iter_mut()).enumerate() {
+        *cs = quantize_chunk(x.get(c * CHUNK..).unwrap_or(&[]), s, qc);
+        sum = sum.wrapping_add(*cs);
     }
     ActQuant { d: 1.0 / s, sum }
+}
+
+/// `max |x|` (NaNs ignored, as `f32::max` does).
+pub fn absmax(x: &[f32]) -> f32 {
+    x.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// The activation scale `s = 127 / max(absmax, 1e-5)`.
+#[inline]
+pub fn act_scale(absmax: f32) -> f32 {
+    127.0 / absmax.max(ACT_EPS)
+}
+
+/// Quantizes one chunk: `q[i] = clamp(round_half_even(x[i]·s), −128, 127)` (0 for a NaN product), and 0
+/// past `x.len()`; returns `Σ q`.
+pub fn quantize_chunk(x: &[f32], s: f32, q: &mut [i8]) -> i32 {
+    // The zero part apart: written as one loop with `x.get(i)`, the compiler vectorises it with masked loads,
+    // which past the end of `x` can cost a microcode assist each.
+    let (head, tail) = q.split_at_mut(x.len().min(q.len()));
+    let mut sum = 0i32;
+    for (qi, &v) in head.iter_mut().zip(x) {
+        // Ties to even, as the training engine (and PyTorch BitNet code) rounds.
+        *qi = round_half_even(v * s).clamp(-128.0, 127.0) as i8;
+        sum += i32::from(*qi);
+    }
+    tail.fill(0);
+    sum
 }
 
 /// `Σ c·x` over 2-bit codes. Weight `i` of a block is in byte `i % 16` at bit `2·(i / 16)`, so the 32-weight
@@ -62,7 +88,7 @@ pub fn dot_ternary2(blocks: &[BlockTernary2], start: usize, x: &[i8]) -> i32 {
             mul_add_codes(&mut lanes, &b.qs, shift + 2, hi);
             CHUNK
         };
-        acc += lanes.iter().map(|&v| i32::from(v)).sum::<i32>();
+        acc = acc.wrapping_add(lanes.iter().map(|&v| i32::from(v)).sum::<i32>());
         pos += step;
         rest = &rest[step..];
     }
@@ -109,7 +135,7 @@ pub fn dot_ternary3(blocks: &[BlockTernary3], start: usize, x: &[i8]) -> i32 {
                 *l += i16::from(c) * i16::from(v);
             }
         }
-        acc += lanes.iter().map(|&v| i32::from(v)).sum::<i32>();
+        acc = acc.wrapping_add(lanes.iter().map(|&v| i32::from(v)).sum::<i32>());
         pos += n;
         rest = &rest[n..];
     }
@@ -140,10 +166,6 @@ fn dot8<T: Copy>(w: &[T], x: &[f32], f: impl Fn(T) -> f32) -> f32 {
     acc
 }
 
-pub fn dot_int8(w: &[i8], x: &[f32]) -> f32 {
-    dot8(w, x, f32::from)
-}
-
 pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     dot8(w, x, |v| v)
 }
@@ -169,23 +191,6 @@ pub fn f16_to_f32(h: f16) -> f32 {
     f32::from_bits(bits | sign)
 }
 
-/// int4 row segment: element `i` is nibble `i % 2` (low first) of byte `i / 2`, value `nibble − 8`.
-pub fn dot_int4(w: &[u8], x: &[f32]) -> f32 {
-    let mut lo = 0.0f32;
-    let mut hi = 0.0f32;
-    let pairs = x.chunks_exact(2);
-    let tail = pairs.remainder();
-    for (&b, p) in w.iter().zip(pairs) {
-        lo += f32::from((b & 0x0F) as i8 - 8) * p[0];
-        hi += f32::from((b >> 4) as i8 - 8) * p[1];
-    }
-    let mut acc = lo + hi;
-    if let (Some(&xt), Some(&b)) = (tail.first(), w.get(x.len() / 2)) {
-        acc += f32::from((b & 0x0F) as i8 - 8) * xt;
-    }
-    acc
-}
-
 pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
     for (yi, &xi) in y.iter_mut().zip(x) {
         *yi += a * xi;
@@ -195,5 +200,117 @@ pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
 pub fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]) {
     for (yi, &xi) in y.iter_mut().zip(x) {
         *yi += a * f16_to_f32(xi);
+    }
+}
+
+/// `Σ w[i]·q[i]` over int8 weights (wrapping i32, which `MAX_COLS` keeps from ever wrapping).
+pub fn dot_i8(w: &[i8], q: &[i8]) -> i32 {
+    w.iter()
+        .zip(q)
+        .fold(0i32, |acc, (&a, &b)| acc.wrapping_add(i32::from(a) * i32::from(b)))
+}
+
+/// `Σ nibble(i)·q[i]` over the stored int4 nibbles (0..=15, element `i` in byte `i / 2`, low nibble first) of
+/// elements `start..start + q.len()`; the caller subtracts `8·Σq` for the values `nibble − 8`.
+pub fn dot_u4(w: &[u8], start: usize, q: &[i8]) -> i32 {
+    let mut acc = 0i32;
+    for (i, &v) in q.iter().enumerate() {
+        let e = start + i;
+        let Some(&b) = w.get(e / 2) else { break };
+        let nib = if e % 2 == 0 { b & 0x0F } else { b >> 4 };
+        acc = acc.wrapping_add(i32::from(nib) * i32::from(v));
+    }
+    acc
+}
+
+/// Exact `Σ code·q` over weights `start..end` of one row (`start`, `end` multiples of `CHUNK`; `q` is the
+/// whole zero-padded activation row) and the part of it the codes' offset contributes: `(Σ c·q, Σ q)` for
+/// ternary codes `c = w + 1`, `(Σ w·q, 0)` for int8, `(Σ n·q, 8·Σ q)` for int4 nibbles `n = w + 8`.
+pub fn span_sums(dtype: ElementType, row: &[u8], cols: usize, start: usize, end: usize, q: QRow<'_>) -> (i32, i32) {
+    let Some(xs) = q.q.get(start..end) else {
+        return (0, 0);
+    };
+    let qsum = || {
+        q.chunk_sums
+            .get(start / CHUNK..end / CHUNK)
+            .unwrap_or(&[])
+            .iter()
+            .fold(0i32, |a, &b| a.wrapping_add(b))
+    };
+    match dtype {
+        ElementType::Ternary2 => match bytemuck::try_cast_slice::<u8, BlockTernary2>(row) {
+            Ok(b) => (dot_ternary2(b, start, xs), qsum()),
+            Err(_) => (0, 0),
+        },
+        ElementType::Ternary3 => match bytemuck::try_cast_slice::<u8, BlockTernary3>(row) {
+            Ok(b) => (dot_ternary3(b, start, xs), qsum()),
+            Err(_) => (0, 0),
+        },
+        ElementType::Int8 => {
+            let w: &[i8] = bytemuck::cast_slice(row.get(start.min(cols)..end.min(cols)).unwrap_or(&[]));
+            (dot_i8(w, xs), 0)
+        }
+        ElementType::Int4 => {
+            let n = end.min(cols).saturating_sub(start);
+            (dot_u4(row, start, &xs[..n]), qsum().wrapping_mul(8))
+        }
+        ElementType::F16 | ElementType::F32 => (0, 0),
+    }
+}
+
+/// Output `r` of an int8-activation matrix for one quantized token: the definition every table reproduces.
+///
+/// One scale per tensor or row: `(Σ − offset) as f32 · (s · d)`. Per group (spans of G weights):
+/// `acc = 0; acc += (Σ_g − offset_g) as f32 · s_g` in group order, then `acc · d`.
+pub fn int_row(w: &Matrix<'_>, r: usize, q: QRow<'_>) -> f32 {
+    let Some(row) = w.row(r) else { return f32::NAN };
+    let scales = w.row_scales(r);
+    let padded = w.padded_cols();
+    match w.scale {
+        ScaleKind::PerGroup(g) => {
+            let g = g as usize;
+            let mut acc = 0.0f32;
+            for (gi, &s) in scales.iter().enumerate() {
+                let start = gi * g;
+                let end = round_up((start + g).min(w.cols), CHUNK);
+                let (dot, off) = span_sums(w.dtype, row, w.cols, start, end, q);
+                acc = epilogue_group(acc, dot.wrapping_sub(off), s);
+            }
+            acc * q.quant.d
+        }
+        ScaleKind::PerTensor | ScaleKind::PerRow => {
+            let Some(&s) = scales.first() else { return f32::NAN };
+            let (dot, off) = span_sums(w.dtype, row, w.cols, 0, padded, q);
+            epilogue_single(dot.wrapping_sub(off), s, q.quant.d)
+        }
+        ScaleKind::None => f32::NAN,
+    }
+}
+
+/// Output `r` of `W·x_t` for an int8-activation matrix.
+fn int_value(w: &Matrix<'_>, x: &Activations<'_>, t: usize, r: usize) -> f32 {
+    match x.int8_row(t) {
+        Some(q) => int_row(w, r, q),
+        None => f32::NAN,
+    }
+}
+
+/// Matrix-vector reference.
+pub fn gemv(w: &Matrix<'_>, x: &Activations<'_>, t: usize, rows: Range<usize>, out: &mut [f32]) {
+    gemm(w, x, t..t + 1, rows, out)
+}
+
+/// Matrix-matrix reference: rows outer, tokens inner (a row is reused from cache by every token).
+pub fn gemm(w: &Matrix<'_>, x: &Activations<'_>, tokens: Range<usize>, rows: Range<usize>, out: &mut [f32]) {
+    if matches!(w.dtype, ElementType::F16 | ElementType::F32) {
+        return float_gemm(w, x, tokens, rows, out, dot_f16, dot_f32);
+    }
+    let width = rows.len();
+    for (ri, r) in rows.enumerate() {
+        for (ti, t) in tokens.clone().enumerate() {
+            if let Some(o) = out.get_mut(ti * width + ri) {
+                *o = int_value(w, x, t, r);
+            }
+        }
     }
 }

@@ -218,7 +218,11 @@ pub struct RefDense {
 
 pub enum RefMatrix {
     Ternary(RefLinear),
+    /// f16/f32: applied to the activations as they are.
     Dense(RefDense),
+    /// int8/int4: applied to the int8-quantized activations, as the runtime's kernels read them (ggml's
+    /// `vec_dot_type`).
+    QuantizedDense(RefDense),
 }
 
 pub struct RefLayer {
@@ -297,7 +301,11 @@ pub fn unpack(view: &ModelView<'_>, role: Role, layer: Option<u32>) -> RefMatrix
                     };
                 }
             }
-            RefMatrix::Dense(RefDense { rows, cols, w })
+            let d = RefDense { rows, cols, w };
+            match t.dtype {
+                ElementType::Int8 | ElementType::Int4 => RefMatrix::QuantizedDense(d),
+                _ => RefMatrix::Dense(d),
+            }
         }
     }
 }
@@ -326,7 +334,7 @@ impl RefMatrix {
     pub fn rows(&self) -> usize {
         match self {
             Self::Ternary(l) => l.rows,
-            Self::Dense(d) => d.rows,
+            Self::Dense(d) | Self::QuantizedDense(d) => d.rows,
         }
     }
     /// `W·x`: ternary layers on the int8-quantized input, dense ones on `x` itself.
@@ -347,6 +355,12 @@ impl RefMatrix {
             Self::Dense(d) => (0..d.rows)
                 .map(|r| (0..d.cols).map(|c| d.w[r * d.cols + c] * x[c]).sum())
                 .collect(),
+            Self::QuantizedDense(d) => {
+                let (q, inv_s) = quantize_act(x);
+                (0..d.rows)
+                    .map(|r| (0..d.cols).map(|c| d.w[r * d.cols + c] * f64::from(q[c])).sum::<f64>() * inv_s)
+                    .collect()
+            }
         }
     }
 }
@@ -412,7 +426,9 @@ fn rope(c: &ModelConfig, x: &mut [f64], pos: usize, freqs: &[f64]) {
 impl RefModel {
     pub fn from_view(view: &ModelView<'_>) -> Self {
         let c = *view.config();
-        let RefMatrix::Dense(embedding) = unpack(view, Role::TokenEmbedding, None) else {
+        let (RefMatrix::Dense(embedding) | RefMatrix::QuantizedDense(embedding)) =
+            unpack(view, Role::TokenEmbedding, None)
+        else {
             panic!("ternary embedding")
         };
         let head = if c.tied_embeddings {

@@ -5,15 +5,23 @@
 use rayon::prelude::*;
 
 use super::embedding::SendPtr;
-use super::gemm_strided;
 use crate::engine::backend::AttentionDims;
+use crate::engine::matmul::{gemm_strided_with, MatmulPrecision};
 use crate::engine::scalar::Float;
 
 /// Rows of the score matrix computed per GEMM: causal masking lets row tile `[r0, r1)` stop at column `r1`,
 /// which skips about half of the work.
 const CAUSAL_TILE: usize = 64;
 
-pub(crate) fn forward_cpu<T: Float>(out: &mut [T], probs: &mut [T], q: &[T], k: &[T], v: &[T], d: AttentionDims) {
+pub(crate) fn forward_cpu<T: Float>(
+    out: &mut [T],
+    probs: &mut [T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    d: AttentionDims,
+    precision: MatmulPrecision,
+) {
     let (t, nh, hd) = (d.seq_len, d.n_heads, d.head_dim);
     let group = nh / d.n_kv_heads;
     let (qd, kvd) = (d.q_dim(), d.kv_dim());
@@ -30,7 +38,8 @@ pub(crate) fn forward_cpu<T: Float>(out: &mut [T], probs: &mut [T], q: &[T], k: 
             // SAFETY: rows r0..r1 / columns 0..r1 of this head's [t, t] score block; Q rows r0..r1 and K rows
             // 0..r1 lie inside the slices (strides qd/kvd, head offset + hd ≤ row width).
             unsafe {
-                gemm_strided(
+                gemm_strided_with(
+                    precision,
                     r1 - r0,
                     r1,
                     hd,
@@ -66,7 +75,8 @@ pub(crate) fn forward_cpu<T: Float>(out: &mut [T], probs: &mut [T], q: &[T], k: 
             // SAFETY: output rows r0..r1 of head h in sequence b: columns h·hd..(h+1)·hd of rows
             // (b·t + r)·qd — disjoint from every other (b, h) task; V rows 0..r1 are in bounds.
             unsafe {
-                gemm_strided(
+                gemm_strided_with(
+                    precision,
                     r1 - r0,
                     hd,
                     r1,
@@ -100,6 +110,7 @@ pub(crate) fn backward_cpu<T: Float>(
     v: &[T],
     probs: &[T],
     d: AttentionDims,
+    precision: MatmulPrecision,
 ) {
     let (t, nh, nkv, hd) = (d.seq_len, d.n_heads, d.n_kv_heads, d.head_dim);
     let group = nh / nkv;
@@ -130,7 +141,8 @@ pub(crate) fn backward_cpu<T: Float>(
                 // dV_g (+)= Pᵀ·dO_h, tiled over key rows s0..s1: only query rows t' ≥ s0 contribute.
                 for s0 in (0..t).step_by(CAUSAL_TILE) {
                     let s1 = (s0 + CAUSAL_TILE).min(t);
-                    gemm_strided(
+                    gemm_strided_with(
+                        precision,
                         s1 - s0,
                         hd,
                         t - s0,
@@ -151,7 +163,8 @@ pub(crate) fn backward_cpu<T: Float>(
                 // dP = dO_h·V_gᵀ on the causal part.
                 for r0 in (0..t).step_by(CAUSAL_TILE) {
                     let r1 = (r0 + CAUSAL_TILE).min(t);
-                    gemm_strided(
+                    gemm_strided_with(
+                        precision,
                         r1 - r0,
                         r1,
                         hd,
@@ -181,7 +194,8 @@ pub(crate) fn backward_cpu<T: Float>(
                 // dQ_h = scale·dS·K_g (causal: row tile r reads keys 0..r1).
                 for r0 in (0..t).step_by(CAUSAL_TILE) {
                     let r1 = (r0 + CAUSAL_TILE).min(t);
-                    gemm_strided(
+                    gemm_strided_with(
+                        precision,
                         r1 - r0,
                         hd,
                         r1,
@@ -202,7 +216,8 @@ pub(crate) fn backward_cpu<T: Float>(
                 // dK_g (+)= scale·dSᵀ·Q_h.
                 for s0 in (0..t).step_by(CAUSAL_TILE) {
                     let s1 = (s0 + CAUSAL_TILE).min(t);
-                    gemm_strided(
+                    gemm_strided_with(
+                        precision,
                         s1 - s0,
                         hd,
                         t - s0,

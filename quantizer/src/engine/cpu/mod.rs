@@ -1,7 +1,8 @@
-//! CPU backend: `Vec<T>` buffers, rayon for the elementwise/row kernels, the `gemm` crate for matrix products.
-//! Every CPU kernel lives in this folder, one file per kernel family, generic over `f32`/`f64` so the gradient
-//! checks run the same code in double precision; the layers (`engine/layers/`) only describe the math and call
-//! the [`Backend`].
+//! CPU backend: `Vec<T>` buffers, rayon for the elementwise/row kernels, [`super::matmul`] for matrix products
+//! (the `gemm` crate in f32 by default; the AVX-512F f32 or AMX-BF16 kernels with
+//! [`CpuBackend::with_matmul_precision`]). Every CPU kernel lives in this folder, one file per kernel family,
+//! generic over `f32`/`f64` so the gradient checks run the same code in double precision; the layers
+//! (`engine/layers/`) only describe the math and call the [`Backend`].
 //!
 //! Why `gemm` rather than `matrixmultiply`: measured on this machine (2 Zen 4 cores at 2.445 GHz, AVX2/FMA
 //! exposed, so a core's f32 peak is 2 FMA pipes × 8 lanes × 2 flops × 2.445 GHz = 78 GFLOP/s) on the
@@ -14,7 +15,7 @@
 
 mod attention;
 mod cross_entropy;
-mod embedding;
+pub(crate) mod embedding;
 mod kl_div;
 mod mlp;
 pub mod mse;
@@ -30,96 +31,62 @@ use super::backend::{
     AdamWParams, AttentionDims, Backend, GatedActivation, GemmSpec, LossGrad, RopeDims, RopeDirection, WriteMode,
 };
 use super::error::{ensure, EngineResult};
-use super::quant::SoftState;
+use super::matmul::{gemm_strided_with, MatmulPrecision};
+use super::quant::{LinearPrecision, SoftState};
 use super::scalar::Float;
 use super::shapes::{check_attention_dims, check_groups, check_rope, rows_of, same_len};
 
-/// Below this many multiply-adds a GEMM runs on the calling thread: rayon's fork/join would cost more.
-const PARALLEL_GEMM_MIN_WORK: usize = 1 << 16;
 /// Elements per task of the deterministic sum of squares and of the AdamW update.
 const CHUNK: usize = 1 << 14;
 
 /// The CPU backend, in `f32` for training or `f64` for gradient checks.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend<T: Float> {
+    matmul: MatmulPrecision,
     _elem: PhantomData<T>,
 }
 
 impl<T: Float> CpuBackend<T> {
+    /// f32 matrix products (the `gemm` crate).
     pub fn new() -> Self {
-        Self { _elem: PhantomData }
+        Self::default()
+    }
+
+    /// The same backend with its [`Backend::matmul`] products in `precision` (see [`MatmulPrecision`]).
+    pub fn with_matmul_precision(self, precision: MatmulPrecision) -> Self {
+        Self {
+            matmul: precision,
+            ..self
+        }
+    }
+
+    pub fn matmul_precision(&self) -> MatmulPrecision {
+        self.matmul
+    }
+
+    /// The kernel [`Backend::matmul`] runs, for logs (e.g. whether bf16 found AMX).
+    pub fn matmul_kernel_name(&self) -> &'static str {
+        super::matmul::kernel_name::<T>(self.matmul)
     }
 }
 
-/// `dst[m, n] = (accumulate ? dst : 0) + scale · lhs[m, k] · rhs[k, n]` on strided operands (`*_rs` row
-/// stride, `*_cs` column stride, in elements). `parallel` lets the GEMM split its work over the rayon pool.
-///
-/// # Safety
-/// Every element addressed by the shapes and strides must lie inside a live allocation; `dst` must not overlap
-/// `lhs` or `rhs`, and nothing else may access `dst`'s elements during the call.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_strided<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut T,
-    dst_rs: isize,
-    dst_cs: isize,
-    accumulate: bool,
-    lhs: *const T,
-    lhs_rs: isize,
-    lhs_cs: isize,
-    rhs: *const T,
-    rhs_rs: isize,
-    rhs_cs: isize,
-    scale: T,
-    parallel: bool,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    // SAFETY: in bounds per the caller's contract.
-                    unsafe { *dst.offset(i as isize * dst_rs + j as isize * dst_cs) = T::ZERO };
-                }
-            }
+/// `Σ a_i·b_i` in f64 with eight independent accumulators (lane `j` takes elements `j, j + 8, …`), added in a fixed
+/// order at the end: deterministic, and the compiler vectorises it (one f64 chain was 8% of a training step).
+fn lane_sum<T: Float>(a: &[T], b: &[T]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for j in 0..LANES {
+            acc[j] += x[j].to_f64() * y[j].to_f64();
         }
-        return;
     }
-    let threads = rayon::current_num_threads();
-    let parallelism = if parallel && threads > 1 && m * n * k >= PARALLEL_GEMM_MIN_WORK {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: forwarded caller contract. `gemm` computes dst = alpha·dst + beta·lhs·rhs (dst read only when
-    // `read_dst`), with (column stride, row stride) argument order.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs,
-            dst_rs,
-            accumulate,
-            lhs,
-            lhs_cs,
-            lhs_rs,
-            rhs,
-            rhs_cs,
-            rhs_rs,
-            T::ONE,
-            scale,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+    let mut tail = 0.0;
+    for (x, y) in ar.iter().zip(br) {
+        tail += x.to_f64() * y.to_f64();
     }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
 }
 
 fn loss_grad<'a, T: Float>(
@@ -195,10 +162,7 @@ impl<T: Float> Backend for CpuBackend<T> {
     }
 
     fn sum_squares(&self, buf: &Vec<T>) -> EngineResult<f64> {
-        let partials: Vec<f64> = buf
-            .par_chunks(CHUNK)
-            .map(|c| c.iter().map(|&x| x.to_f64() * x.to_f64()).sum::<f64>())
-            .collect();
+        let partials: Vec<f64> = buf.par_chunks(CHUNK).map(|c| lane_sum(c, c)).collect();
         Ok(partials.iter().sum())
     }
 
@@ -207,7 +171,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         let partials: Vec<f64> = a
             .par_chunks(CHUNK)
             .zip(b.par_chunks(CHUNK))
-            .map(|(a, b)| a.iter().zip(b).map(|(&x, &y)| x.to_f64() * y.to_f64()).sum::<f64>())
+            .map(|(a, b)| lane_sum(a, b))
             .collect();
         Ok(partials.iter().sum())
     }
@@ -240,7 +204,8 @@ impl<T: Float> Backend for CpuBackend<T> {
         let (b_rs, b_cs) = if b_transposed { (1, k as isize) } else { (n as isize, 1) };
         // SAFETY: lengths checked above cover every addressed element; `out` is a distinct &mut borrow.
         unsafe {
-            gemm_strided(
+            gemm_strided_with(
+                self.matmul,
                 m,
                 n,
                 k,
@@ -290,6 +255,22 @@ impl<T: Float> Backend for CpuBackend<T> {
         check_groups("quantize_ternary_soft_backward", grad.len(), w.len(), group_len)?;
         state.validate()?;
         quant::soft_backward_cpu(grad, w, group_len, state.temperature, state.pressure);
+        Ok(())
+    }
+
+    fn quantize_weight_integer(
+        &self,
+        out: &mut Vec<T>,
+        w: &Vec<T>,
+        cols: usize,
+        precision: LinearPrecision,
+    ) -> EngineResult<()> {
+        rows_of("quantize_weight_integer", "w", w.len(), cols)?;
+        same_len("quantize_weight_integer", "out", out.len(), w.len())?;
+        if let LinearPrecision::Int4 { group } = precision {
+            ensure(group > 0, "quantize_weight_integer", || "int4 group 0".into())?;
+        }
+        super::quant::integer::quantize_cpu(out, w, cols, precision);
         Ok(())
     }
 
@@ -377,7 +358,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         same_len("attention_forward", "k", k.len(), dims.rows() * dims.kv_dim())?;
         same_len("attention_forward", "v", v.len(), dims.rows() * dims.kv_dim())?;
         same_len("attention_forward", "probs", probs.len(), dims.probs_len())?;
-        attention::forward_cpu(out, probs, q, k, v, dims);
+        attention::forward_cpu(out, probs, q, k, v, dims, self.matmul);
         Ok(())
     }
 
@@ -410,7 +391,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         ] {
             same_len("attention_backward", what, len, want)?;
         }
-        attention::backward_cpu(dq, dk, dv, scratch, dout, q, k, v, probs, dims);
+        attention::backward_cpu(dq, dk, dv, scratch, dout, q, k, v, probs, dims, self.matmul);
         Ok(())
     }
 

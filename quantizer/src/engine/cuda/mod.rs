@@ -37,7 +37,7 @@ use super::backend::{
 };
 use super::error::{ensure, EngineError, EngineResult};
 use super::layers::embedding::check_tokens;
-use super::quant::{SoftState, QUANT_EPS};
+use super::quant::{LinearPrecision, SoftState, QUANT_EPS};
 use super::shapes::{check_attention_dims, check_groups, check_rope, rows_of, same_len};
 
 /// Threads per block of the row kernels and reductions (`BLOCK` in `kernels/common.cuh`).
@@ -916,6 +916,27 @@ impl Backend for CudaBackend {
                 )
             }
         })
+    }
+
+    fn quantize_weight_integer(
+        &self,
+        out: &mut CudaBuf,
+        w: &CudaBuf,
+        cols: usize,
+        precision: LinearPrecision,
+    ) -> EngineResult<()> {
+        rows_of("quantize_weight_integer", "w", w.len, cols)?;
+        same_len("quantize_weight_integer", "out", out.len, w.len)?;
+        if let LinearPrecision::Int4 { group } = precision {
+            ensure(group > 0, "quantize_weight_integer", || "int4 group 0".into())?;
+        }
+        // Through the host with the CPU encoder, so the stored values are the format's by construction: only the
+        // few tensors a mixed-precision budget keeps at int4/int8 take this path, once per step (a device kernel
+        // is the next step if a profile shows it).
+        let host = self.download(w)?;
+        let mut q = vec![0.0f32; host.len()];
+        super::quant::integer::quantize_cpu(&mut q, &host, cols, precision);
+        self.write(out, &q)
     }
 
     fn fake_quantize_int8_rows(&self, out: &mut CudaBuf, x: &CudaBuf, cols: usize) -> EngineResult<()> {

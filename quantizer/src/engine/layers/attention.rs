@@ -8,7 +8,7 @@
 //! [`SelfAttention`] is the whole sub-block: Q/K/V projections, RoPE, the attention core, BitNet's optional
 //! sub-norm and the output projection, which adds into the residual stream.
 
-use super::linear::Linear;
+use super::linear::{backward_shared, forward_shared, Linear};
 use super::rmsnorm::RmsNorm;
 use super::{QuantScratch, Weights};
 use crate::engine::backend::{AttentionDims, Backend, RopeDims, RopeDirection, WriteMode};
@@ -123,28 +123,12 @@ impl SelfAttention {
         quant: &mut QuantScratch<B>,
     ) -> EngineResult<()> {
         let width = self.q.in_features;
-        self.q.forward(
+        forward_shared(
             backend,
             weights,
             x,
-            &mut acts.q,
-            WriteMode::Overwrite,
-            quant.for_width(width),
-        )?;
-        self.k.forward(
-            backend,
-            weights,
-            x,
-            &mut acts.k,
-            WriteMode::Overwrite,
-            quant.for_width(width),
-        )?;
-        self.v.forward(
-            backend,
-            weights,
-            x,
-            &mut acts.v,
-            WriteMode::Overwrite,
+            [&self.q, &self.k, &self.v],
+            [&mut acts.q, &mut acts.k, &mut acts.v],
             quant.for_width(width),
         )?;
         backend.rope(&mut acts.q, rope_table, self.rope, RopeDirection::Forward)?;
@@ -246,34 +230,14 @@ impl SelfAttention {
         };
         backend.rope(&mut scratch.dk, rope_table, kv_rope, RopeDirection::Inverse)?;
         let width = self.q.in_features;
-        self.q.backward(
+        backward_shared(
             backend,
             weights,
             grads,
             x,
-            &scratch.dq,
+            [&self.q, &self.k, &self.v],
+            [&scratch.dq, &scratch.dk, &scratch.dv],
             dx,
-            WriteMode::Overwrite,
-            quant.for_width(width),
-        )?;
-        self.k.backward(
-            backend,
-            weights,
-            grads,
-            x,
-            &scratch.dk,
-            dx,
-            WriteMode::Accumulate,
-            quant.for_width(width),
-        )?;
-        self.v.backward(
-            backend,
-            weights,
-            grads,
-            x,
-            &scratch.dv,
-            dx,
-            WriteMode::Accumulate,
             quant.for_width(width),
         )
     }

@@ -57,8 +57,20 @@ impl Linear {
         mode: WriteMode,
         xq: Option<&mut B::Buf>,
     ) -> EngineResult<()> {
-        let rows = self.rows(backend, x);
         let input = self.quantized_input(backend, x, xq)?;
+        self.forward_from(backend, weights, input, out, mode)
+    }
+
+    /// `out (+)= input · Ŵᵀ` with `input` already quantized (or not quantized) as this layer wants it.
+    fn forward_from<B: Backend>(
+        &self,
+        backend: &B,
+        weights: &Weights<'_, B>,
+        input: &B::Buf,
+        out: &mut B::Buf,
+        mode: WriteMode,
+    ) -> EngineResult<()> {
+        let rows = self.rows(backend, input);
         let spec = GemmSpec {
             m: rows,
             n: self.out_features,
@@ -83,7 +95,21 @@ impl Linear {
         dx_mode: WriteMode,
         xq: Option<&mut B::Buf>,
     ) -> EngineResult<()> {
-        let rows = self.rows(backend, x);
+        self.input_gradient(backend, weights, dout, dx, dx_mode)?;
+        let input = self.quantized_input(backend, x, xq)?;
+        self.weight_gradient(backend, grads, input, dout)
+    }
+
+    /// `dx (+)= dy·Ŵ`.
+    fn input_gradient<B: Backend>(
+        &self,
+        backend: &B,
+        weights: &Weights<'_, B>,
+        dout: &B::Buf,
+        dx: &mut B::Buf,
+        dx_mode: WriteMode,
+    ) -> EngineResult<()> {
+        let rows = backend.buf_len(dout) / self.out_features.max(1);
         let dx_spec = GemmSpec {
             m: rows,
             n: self.in_features,
@@ -92,8 +118,18 @@ impl Linear {
             b_transposed: false,
             mode: dx_mode,
         };
-        backend.matmul(dx, dout, weights.effective(self.weight), dx_spec)?;
-        let input = self.quantized_input(backend, x, xq)?;
+        backend.matmul(dx, dout, weights.effective(self.weight), dx_spec)
+    }
+
+    /// `grads[weight] += dyᵀ·input` (`input` = `x̂`).
+    fn weight_gradient<B: Backend>(
+        &self,
+        backend: &B,
+        grads: &mut [B::Buf],
+        input: &B::Buf,
+        dout: &B::Buf,
+    ) -> EngineResult<()> {
+        let rows = self.rows(backend, input);
         let dw_spec = GemmSpec {
             m: self.out_features,
             n: self.in_features,
@@ -104,6 +140,58 @@ impl Linear {
         };
         backend.matmul(&mut grads[self.weight.0], dout, input, dw_spec)
     }
+}
+
+/// Forward of linear layers that read the same input (Q/K/V, gate/up), overwriting each output: under int8
+/// activations the input is quantized once for all of them (the same `x̂` each would compute).
+pub fn forward_shared<B: Backend, const N: usize>(
+    backend: &B,
+    weights: &Weights<'_, B>,
+    x: &B::Buf,
+    layers: [&Linear; N],
+    outs: [&mut B::Buf; N],
+    xq: Option<&mut B::Buf>,
+) -> EngineResult<()> {
+    let Some(first) = layers.first() else {
+        return Ok(());
+    };
+    let input = first.quantized_input(backend, x, xq)?;
+    for (layer, out) in layers.iter().zip(outs) {
+        layer.forward_from(backend, weights, input, out, WriteMode::Overwrite)?;
+    }
+    Ok(())
+}
+
+/// Backward of [`forward_shared`]: `dx = Σ_i dy_i·Ŵ_i` (overwritten), `grads[W_i] += dy_iᵀ·x̂` with `x̂` quantized
+/// once. Summation order as the layer-by-layer backward (first layer overwrites, the others add), so the result
+/// is bit-identical to it.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_shared<B: Backend, const N: usize>(
+    backend: &B,
+    weights: &Weights<'_, B>,
+    grads: &mut [B::Buf],
+    x: &B::Buf,
+    layers: [&Linear; N],
+    douts: [&B::Buf; N],
+    dx: &mut B::Buf,
+    xq: Option<&mut B::Buf>,
+) -> EngineResult<()> {
+    for (i, (layer, dout)) in layers.iter().zip(douts.iter()).enumerate() {
+        let mode = if i == 0 {
+            WriteMode::Overwrite
+        } else {
+            WriteMode::Accumulate
+        };
+        layer.input_gradient(backend, weights, dout, dx, mode)?;
+    }
+    let Some(first) = layers.first() else {
+        return Ok(());
+    };
+    let input = first.quantized_input(backend, x, xq)?;
+    for (layer, dout) in layers.iter().zip(douts) {
+        layer.weight_gradient(backend, grads, input, dout)?;
+    }
+    Ok(())
 }
 
 /// Output head `logits = x · Wᵀ`, full precision (BitNet keeps it so). `W` is `[vocab, hidden]`: the token

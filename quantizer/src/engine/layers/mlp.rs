@@ -4,7 +4,7 @@
 //! squared ReLU `relu(g)²·u` with derivative `2·relu(g)`. BitNet also normalises the product before the down
 //! projection (its `ffn_sub_norm`).
 
-use super::linear::Linear;
+use super::linear::{backward_shared, forward_shared, Linear};
 use super::rmsnorm::RmsNorm;
 use super::{QuantScratch, Weights};
 use crate::engine::backend::{Backend, GatedActivation, WriteMode};
@@ -91,20 +91,12 @@ impl GatedMlp {
         quant: &mut QuantScratch<B>,
     ) -> EngineResult<()> {
         let width = self.gate.in_features;
-        self.gate.forward(
+        forward_shared(
             backend,
             weights,
             x,
-            &mut acts.gate,
-            WriteMode::Overwrite,
-            quant.for_width(width),
-        )?;
-        self.up.forward(
-            backend,
-            weights,
-            x,
-            &mut acts.up,
-            WriteMode::Overwrite,
+            [&self.gate, &self.up],
+            [&mut acts.gate, &mut acts.up],
             quant.for_width(width),
         )?;
         backend.gated_forward(&mut acts.hidden, &acts.gate, &acts.up, self.activation)?;
@@ -184,24 +176,14 @@ impl GatedMlp {
             self.activation,
         )?;
         let width = self.gate.in_features;
-        self.gate.backward(
+        backward_shared(
             backend,
             weights,
             grads,
             x,
-            &scratch.d_gate,
+            [&self.gate, &self.up],
+            [&scratch.d_gate, &scratch.d_up],
             dx,
-            WriteMode::Overwrite,
-            quant.for_width(width),
-        )?;
-        self.up.backward(
-            backend,
-            weights,
-            grads,
-            x,
-            &scratch.d_up,
-            dx,
-            WriteMode::Accumulate,
             quant.for_width(width),
         )
     }

@@ -20,6 +20,7 @@
 //! `∂L/∂W` of the summed loss.
 
 pub mod hard;
+pub mod integer;
 pub mod schedule;
 pub mod soft;
 pub mod state;
@@ -38,6 +39,21 @@ pub enum WeightQuantizer {
     None,
     Ste,
     Soft,
+}
+
+/// The stored precision of one linear weight. Ternary follows the model's [`WeightQuantizer`]; the integer
+/// precisions (Hessian-aware mixed precision keeps sensitive tensors there) train with their own
+/// straight-through fake quantizer, exactly the `.tern` format's int8-per-row and int4-per-group encoders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinearPrecision {
+    Ternary,
+    /// Symmetric int4 with one absmax scale per `G` weights of a row.
+    Int4 {
+        group: u32,
+    },
+    /// Symmetric int8 with one absmax scale per row.
+    Int8,
 }
 
 /// Which weights share one absmean scale `a`.

@@ -5,7 +5,7 @@
 //! [`Transformer`]: crate::engine::Transformer
 //! [`BlockModel`]: crate::engine::BlockModel
 
-use super::{SoftState, WeightQuantizer};
+use super::{LinearPrecision, SoftState, WeightQuantizer};
 use crate::engine::backend::Backend;
 use crate::engine::error::{EngineError, EngineResult};
 use crate::engine::layers::{ParamId, Weights};
@@ -20,6 +20,10 @@ pub struct QuantizedWeights<B: Backend> {
     group_lens: Vec<usize>,
     /// Soft-quantizer state of each tensor ([`SoftState::HARD`] where it does not apply).
     soft_states: Vec<SoftState>,
+    /// Stored precision of each quantized tensor (ternary unless mixed precision says otherwise).
+    precisions: Vec<LinearPrecision>,
+    /// Row length of each tensor (the integer quantizers work row by row).
+    cols: Vec<usize>,
 }
 
 impl<B: Backend> QuantizedWeights<B> {
@@ -42,7 +46,45 @@ impl<B: Backend> QuantizedWeights<B> {
             quantized,
             group_lens,
             soft_states: vec![SoftState::HARD; specs.len()],
+            precisions: vec![LinearPrecision::Ternary; specs.len()],
+            cols: specs.iter().map(|s| s.shape[1]).collect(),
         })
+    }
+
+    /// Keeps a quantized tensor at another precision (mixed precision): its effective weight is then the
+    /// format's int8/int4 encoding, with a straight-through gradient, whatever the model's ternary quantizer.
+    pub fn set_precision(&mut self, id: ParamId, precision: LinearPrecision) -> EngineResult<()> {
+        if self.group_len(id).is_none() {
+            return Err(EngineError::Config(format!(
+                "{} is not a quantized linear weight",
+                self.names.get(id.0).map_or("?", |s| s.as_str())
+            )));
+        }
+        if let LinearPrecision::Int4 { group } = precision {
+            if group == 0 || self.cols[id.0] % group as usize != 0 {
+                return Err(EngineError::Config(format!(
+                    "int4 group {group} does not divide the rows of {} ({} columns)",
+                    self.names[id.0], self.cols[id.0]
+                )));
+            }
+        }
+        self.precisions[id.0] = precision;
+        Ok(())
+    }
+
+    pub fn precision(&self, id: ParamId) -> LinearPrecision {
+        self.precisions.get(id.0).copied().unwrap_or(LinearPrecision::Ternary)
+    }
+
+    /// The tensors the soft quantizer applies to (quantized, ternary, under [`WeightQuantizer::Soft`]).
+    pub fn soft_params(&self) -> Vec<ParamId> {
+        if self.kind != WeightQuantizer::Soft {
+            return Vec::new();
+        }
+        self.quantized_params()
+            .into_iter()
+            .filter(|id| self.precisions[id.0] == LinearPrecision::Ternary)
+            .collect()
     }
 
     pub fn kind(&self) -> WeightQuantizer {
@@ -68,7 +110,10 @@ impl<B: Backend> QuantizedWeights<B> {
 
     pub fn set_soft_state(&mut self, id: ParamId, state: SoftState) -> EngineResult<()> {
         state.validate()?;
-        if self.kind != WeightQuantizer::Soft || self.group_len(id).is_none() {
+        if self.kind != WeightQuantizer::Soft
+            || self.group_len(id).is_none()
+            || self.precisions[id.0] != LinearPrecision::Ternary
+        {
             return Err(EngineError::Config(format!(
                 "{} has no soft quantizer (quantizer {:?})",
                 self.names.get(id.0).map_or("?", |s| s.as_str()),
@@ -82,7 +127,7 @@ impl<B: Backend> QuantizedWeights<B> {
     /// Every soft quantizer to `state` (a no-op for other quantizers).
     pub fn set_all_soft_states(&mut self, state: SoftState) -> EngineResult<()> {
         state.validate()?;
-        for id in self.quantized_params() {
+        for id in self.soft_params() {
             self.soft_states[id.0] = state;
         }
         Ok(())
@@ -102,6 +147,10 @@ impl<B: Backend> QuantizedWeights<B> {
         }
         for (i, (q, w)) in self.quantized.iter_mut().zip(&params.tensors).enumerate() {
             if let Some(q) = q {
+                if self.precisions[i] != LinearPrecision::Ternary {
+                    backend.quantize_weight_integer(q, w, self.cols[i], self.precisions[i])?;
+                    continue;
+                }
                 match self.kind {
                     WeightQuantizer::None => {}
                     WeightQuantizer::Ste => backend.quantize_ternary_hard(q, w, self.group_lens[i])?,
@@ -119,7 +168,7 @@ impl<B: Backend> QuantizedWeights<B> {
         if self.kind != WeightQuantizer::Soft {
             return Ok(());
         }
-        for id in self.quantized_params() {
+        for id in self.soft_params() {
             backend.quantize_ternary_soft_backward(
                 &mut grads.tensors[id.0],
                 &params.tensors[id.0],
