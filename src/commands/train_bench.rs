@@ -9,11 +9,11 @@ use std::time::Instant;
 use anyhow::Context;
 use tern_format::{Architecture, ModelConfig, RopeStyle};
 use tern_quantizer::engine::{
-    tiny_config, AdamW, AdamWConfig, Backend, Batch, CpuBackend, EngineConfig, LrSchedule, Objective, ParamKind,
-    ParamLayout, Parameters, QuantConfig, Recompute, SplitMix64, Transformer,
+    tiny_config, AdamW, AdamWConfig, Backend, Batch, EngineConfig, LrSchedule, Objective, ParamKind, ParamLayout,
+    Parameters, QuantConfig, Recompute, SplitMix64, Transformer,
 };
 
-use crate::commands::quantize::Device;
+use crate::commands::quantize::{cpu_backend, Device, PrecisionArg};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,6 +21,12 @@ pub struct Args {
     pub input: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
+    /// CPU matrix products (as `tern quantize --precision`).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: PrecisionArg,
+    /// CPU threads (rayon; default: all).
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     #[arg(long, default_value_t = 512)]
@@ -61,7 +67,23 @@ fn smollm2_config() -> ModelConfig {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.device {
-        Device::Cpu => run_on(&CpuBackend::<f32>::new(), &args, serde_json::Value::Null),
+        Device::Cpu => {
+            if let Some(k) = args.threads {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(k)
+                    .build_global()
+                    .context("configuring the thread pool")?;
+            }
+            let backend = cpu_backend(args.precision);
+            let info =
+                serde_json::json!({ "matmul": backend.matmul_kernel_name(), "threads": rayon::current_num_threads() });
+            eprintln!(
+                "CPU: {} matrix products, {} threads",
+                backend.matmul_kernel_name(),
+                rayon::current_num_threads()
+            );
+            run_on(&backend, &args, info)
+        }
         Device::Cuda => {
             let (backend, info) = crate::commands::quantize::cuda_backend_with_info()?;
             run_on(&backend, &args, info)
