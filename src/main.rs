@@ -34,6 +34,9 @@ enum Command {
     Bench(Box<commands::bench::Args>),
     /// Perplexity of a .tern model on a text file, computed as llama.cpp's llama-perplexity does.
     Perplexity(commands::perplexity::Args),
+    /// Time the training engine's optimizer steps on the CPU or CUDA backend (and dump the model and batch for
+    /// the PyTorch comparison of scripts/torch_train_step.py).
+    TrainBench(commands::train_bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Run(a) => commands::run::run(a),
         Command::Bench(a) => commands::bench::run(*a),
         Command::Perplexity(a) => commands::perplexity::run(a),
+        Command::TrainBench(a) => commands::train_bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -67,7 +67,7 @@ fn embedding_backward_matches_finite_differences_with_repeated_tokens() {
     let be = backend();
     let mut rng = SplitMix64::new(2);
     let (vocab, dim) = (9, 70); // dim > 64 spans two column tasks of the scatter
-    let tokens = [3u32, 0, 3, 8, 3, 1];
+    let tokens = vec![3u32, 0, 3, 8, 3, 1];
     let mut table = randn(&mut rng, vocab * dim, 1.0);
     let r = randn(&mut rng, tokens.len() * dim, 1.0);
     let forward = |table: &[f64]| {
@@ -84,7 +84,7 @@ fn embedding_backward_matches_finite_differences_with_repeated_tokens() {
     });
     // Input-derived token ids are rejected with a typed error.
     let mut out = vec![0.0; dim];
-    let err = be.embedding_forward(&mut out, &dtable, &[9], dim).unwrap_err();
+    let err = be.embedding_forward(&mut out, &dtable, &vec![9], dim).unwrap_err();
     assert!(
         matches!(
             err,
@@ -360,8 +360,20 @@ fn check_attention_core(dims: AttentionDims, seed: u64, samples: usize) {
     assert_close("attention forward", &out, &ref_attention(&q, &k, &v, dims), 1e-12);
     let (mut dq, mut dk, mut dv) = (vec![7.0; qn], vec![7.0; kvn], vec![7.0; kvn]); // overwritten, not added to
     let mut scratch = vec![0.0; dims.probs_len()];
-    be.attention_backward(&mut dq, &mut dk, &mut dv, &mut scratch, &r, &q, &k, &v, &probs, dims)
-        .unwrap();
+    be.attention_backward(
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        &mut scratch,
+        &r,
+        &out,
+        &q,
+        &k,
+        &v,
+        &probs,
+        dims,
+    )
+    .unwrap();
     let (q0, k0, v0) = (q.clone(), k.clone(), v.clone());
     let qi = sample_indices(&mut rng, qn, samples);
     let ki = sample_indices(&mut rng, kvn, samples);
@@ -434,7 +446,7 @@ fn cross_entropy_matches_log_softmax_and_finite_differences() {
     let be = backend();
     let mut rng = SplitMix64::new(9);
     let (rows, vocab, scale) = (4, 11, 0.7);
-    let targets = [3u32, IGNORE_INDEX, 10, 0];
+    let targets = vec![3u32, IGNORE_INDEX, 10, 0];
     let mut logits = randn(&mut rng, rows * vocab, 2.0);
     let losses_of = |z: &[f64]| {
         let mut l = vec![0.0; rows];
@@ -478,7 +490,7 @@ fn cross_entropy_matches_log_softmax_and_finite_differences() {
         scale * losses_of(z).iter().sum::<f64>()
     });
     // A target outside the vocabulary is a shape error, not a panic.
-    let bad = be.cross_entropy(&mut vec![0.0; 1], None, &vec![0.0; vocab], &[11], vocab);
+    let bad = be.cross_entropy(&mut vec![0.0; 1], None, &vec![0.0; vocab], &vec![11], vocab);
     assert!(matches!(bad, Err(EngineError::Shape { .. })));
 }
 

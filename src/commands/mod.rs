@@ -8,3 +8,4 @@ pub mod perplexity;
 pub mod plot;
 pub mod quantize;
 pub mod run;
+pub mod train_bench;

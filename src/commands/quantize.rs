@@ -10,7 +10,7 @@ use tern_format::TernaryLayout;
 use tern_quantizer::data::DEFAULT_HELD_OUT_FRACTION;
 use tern_quantizer::engine::matmul::MatmulPrecision;
 use tern_quantizer::engine::quant::schedule::{AnnealShape, TemperatureStyle};
-use tern_quantizer::engine::{CpuBackend, LinearPrecision, ScaleGroups};
+use tern_quantizer::engine::{Backend, CpuBackend, LinearPrecision, ScaleGroups};
 use tern_quantizer::hessian::mixed::Budget;
 use tern_quantizer::hessian::{TraceConfig, TraceMethod};
 use tern_quantizer::ptq::{HeadFormat, PtqOptions, ScaleGranularity};
@@ -484,24 +484,73 @@ pub fn recipe(args: &Args) -> anyhow::Result<Recipe> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.device == Device::Cuda {
-        bail!("CUDA backend not built yet: use --device cpu");
+    // The device comes first: without a usable GPU, `--device cuda` fails before anything is loaded or computed.
+    match args.device {
+        Device::Cpu => {
+            let backend = cpu_backend(args.precision);
+            let kernel = backend.matmul_kernel_name().to_string();
+            run_on(&backend, kernel, args)
+        }
+        Device::Cuda => {
+            let (backend, info) = cuda_backend_with_info()?;
+            let kernel = format!("CUDA {}", info["gemm"].as_str().unwrap_or("?"));
+            run_on(&backend, kernel, args)
+        }
     }
+}
+
+/// The CUDA backend (TF32 matrix products), with what it runs on logged and as JSON.
+#[cfg(feature = "cuda")]
+pub fn cuda_backend_with_info() -> anyhow::Result<(tern_quantizer::engine::CudaBackend, serde_json::Value)> {
+    let backend = tern_quantizer::engine::CudaBackend::new().context("--device cuda")?;
+    let i = backend.info();
+    let nvrtc = i.nvrtc_version.map_or("?".into(), |(a, b)| format!("{a}.{b}"));
+    eprintln!(
+        "CUDA: {} (compute capability {}.{}, {} multiprocessors, {:.1} GiB), kernels built for {} with NVRTC {nvrtc}, \
+         {:?} matrix products",
+        i.name,
+        i.compute_capability.0,
+        i.compute_capability.1,
+        i.multiprocessors,
+        i.total_memory as f64 / (1u64 << 30) as f64,
+        i.kernel_arch,
+        backend.gemm_precision()
+    );
+    let info = serde_json::json!({
+        "name": i.name,
+        "compute_capability": format!("{}.{}", i.compute_capability.0, i.compute_capability.1),
+        "multiprocessors": i.multiprocessors,
+        "memory_bytes": i.total_memory,
+        "kernel_arch": i.kernel_arch,
+        "nvrtc": nvrtc,
+        "driver_version": i.probe.driver_version,
+        "gemm": format!("{:?}", backend.gemm_precision()),
+    });
+    Ok((backend, info))
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn cuda_backend_with_info() -> anyhow::Result<(CpuBackend<f32>, serde_json::Value)> {
+    bail!("--device cuda: this tern was built without CUDA support (cargo feature `cuda`)")
+}
+
+/// Runs the recipe on `backend`, whose matrix-product kernel `kernel` is recorded in the stage configs (a resume
+/// on another kernel is refused: its rounding differs).
+fn run_on<B: Backend<Elem = f32>>(backend: &B, kernel: String, args: Args) -> anyhow::Result<()> {
     if let Some(k) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(k)
             .build_global()
             .context("configuring the thread pool")?;
     }
-    let backend = cpu_backend(args.precision);
     let mut recipe = recipe(&args)?;
     for stage in &mut recipe.stages {
         match stage {
-            Stage::EndToEnd(t) => t.matmul = backend.matmul_kernel_name().to_string(),
-            Stage::Blockwise(b) => b.matmul = backend.matmul_kernel_name().to_string(),
+            Stage::EndToEnd(t) => t.matmul = kernel.clone(),
+            Stage::Blockwise(b) => b.matmul = kernel.clone(),
         }
     }
-    eprintln!("matrix products: {}", backend.matmul_kernel_name());
+    eprintln!("matrix products: {kernel}");
     let src = load_source(&args)?;
     let run_dir = args.checkpoint_dir.clone().unwrap_or_else(|| {
         let mut s = args.output.clone().into_os_string();
@@ -517,7 +566,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut ui = Ui::new(interactive);
     ui.run_dir = Some(run_dir.clone());
     let outcome = run_recipe(
-        &backend,
+        backend,
         &src,
         &recipe,
         &args.output,

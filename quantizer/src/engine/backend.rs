@@ -73,7 +73,7 @@ pub struct RopeDims {
 
 /// Shapes of grouped-query causal self-attention. `q`/`out` are `[batch·seq, n_heads·head_dim]`,
 /// `k`/`v` are `[batch·seq, n_kv_heads·head_dim]`, query head `h` reads KV head `h / (n_heads / n_kv_heads)`,
-/// and the saved probabilities are `[batch, n_heads, seq, seq]` (zero above the diagonal).
+/// and the CPU's saved probabilities are `[batch, n_heads, seq, seq]` (zero above the diagonal).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionDims {
     pub batch: usize,
@@ -131,6 +131,9 @@ pub trait Backend: Send + Sync {
     type Elem: Float;
     /// A flat device buffer.
     type Buf: Send + Sync;
+    /// Token ids or targets on the device (`Vec<u32>` on the CPU): uploaded once per forward pass by the model,
+    /// read by the embedding and cross-entropy kernels.
+    type Ids: Send + Sync;
 
     /// Short name for logs (`"cpu"`, `"cuda"`).
     fn name(&self) -> &'static str;
@@ -144,6 +147,11 @@ pub trait Backend: Send + Sync {
     /// Overwrites `dst` (same length) with host data.
     fn write(&self, dst: &mut Self::Buf, data: &[Self::Elem]) -> EngineResult<()>;
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf) -> EngineResult<()>;
+    /// Token ids (or targets, which may hold [`IGNORE_INDEX`]) to the device.
+    fn upload_ids(&self, ids: &[u32]) -> EngineResult<Self::Ids>;
+    /// Replaces the ids held by `dst` (any length).
+    fn write_ids(&self, dst: &mut Self::Ids, ids: &[u32]) -> EngineResult<()>;
+    fn ids_len(&self, ids: &Self::Ids) -> usize;
     fn fill(&self, buf: &mut Self::Buf, value: Self::Elem) -> EngineResult<()>;
     /// Waits for queued work (a no-op on the CPU); for timing.
     fn synchronize(&self) -> EngineResult<()> {
@@ -153,6 +161,16 @@ pub trait Backend: Send + Sync {
     // ---- reductions and GEMM ----------------------------------------------------------------------------
     /// `Σ x²` accumulated in f64; NaN/Inf propagate, so this doubles as the non-finite check.
     fn sum_squares(&self, buf: &Self::Buf) -> EngineResult<f64>;
+    /// `Σ_i Σ x_i²` over several buffers: each buffer's [`Backend::sum_squares`], added in order starting from
+    /// 0. A device backend overrides it to reduce everything on the device and synchronise once (the global
+    /// gradient norm of a training step).
+    fn sum_squares_all(&self, bufs: &[&Self::Buf]) -> EngineResult<f64> {
+        let mut sum = 0.0;
+        for b in bufs {
+            sum += self.sum_squares(b)?;
+        }
+        Ok(sum)
+    }
     /// `Σ a·b` accumulated in f64 (deterministic).
     fn dot(&self, a: &Self::Buf, b: &Self::Buf) -> EngineResult<f64>;
     /// `y += alpha·x`.
@@ -195,14 +213,19 @@ pub trait Backend: Send + Sync {
 
     // ---- layers ----------------------------------------------------------------------------------------------
     /// `out[r, :] = table[tokens[r], :]`; `table` is `[vocab, dim]`.
-    fn embedding_forward(&self, out: &mut Self::Buf, table: &Self::Buf, tokens: &[u32], dim: usize)
-        -> EngineResult<()>;
+    fn embedding_forward(
+        &self,
+        out: &mut Self::Buf,
+        table: &Self::Buf,
+        tokens: &Self::Ids,
+        dim: usize,
+    ) -> EngineResult<()>;
     /// `dtable[tokens[r], :] += dout[r, :]`.
     fn embedding_backward(
         &self,
         dtable: &mut Self::Buf,
         dout: &Self::Buf,
-        tokens: &[u32],
+        tokens: &Self::Ids,
         dim: usize,
     ) -> EngineResult<()>;
     /// `out = x · rstd · weight` per row, `rstd = 1/sqrt(mean(x²) + eps)` saved per row; `cols = len(weight)`.
@@ -228,7 +251,17 @@ pub trait Backend: Send + Sync {
     ) -> EngineResult<()>;
     /// Rotates `x` in place with the `[seq_len, head_dim/2, (cos, sin)]` table (see [`super::layers::rope`]).
     fn rope(&self, x: &mut Self::Buf, table: &Self::Buf, dims: RopeDims, direction: RopeDirection) -> EngineResult<()>;
-    /// Causal softmax attention with scale `1/sqrt(head_dim)`; saves the probabilities.
+    /// Elements of the `probs` buffer [`Backend::attention_forward`] saves for the backward: the probabilities
+    /// ([`AttentionDims::probs_len`]) on the CPU, one log-sum-exp per score row on CUDA (flash attention).
+    fn attention_saved_len(&self, dims: &AttentionDims) -> usize {
+        dims.probs_len()
+    }
+    /// Elements of the `scratch` buffer of [`Backend::attention_backward`].
+    fn attention_scratch_len(&self, dims: &AttentionDims) -> usize {
+        dims.probs_len()
+    }
+    /// Causal softmax attention with scale `1/sqrt(head_dim)`; saves what the backward needs in `probs`
+    /// ([`Backend::attention_saved_len`] elements).
     fn attention_forward(
         &self,
         out: &mut Self::Buf,
@@ -238,7 +271,8 @@ pub trait Backend: Send + Sync {
         v: &Self::Buf,
         dims: AttentionDims,
     ) -> EngineResult<()>;
-    /// Overwrites `dq`, `dk`, `dv`; `scratch` has `dims.probs_len()` elements.
+    /// Overwrites `dq`, `dk`, `dv`; `scratch` has [`Backend::attention_scratch_len`] elements; `out` is the
+    /// forward's output.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -247,6 +281,7 @@ pub trait Backend: Send + Sync {
         dv: &mut Self::Buf,
         scratch: &mut Self::Buf,
         dout: &Self::Buf,
+        out: &Self::Buf,
         q: &Self::Buf,
         k: &Self::Buf,
         v: &Self::Buf,
@@ -277,7 +312,7 @@ pub trait Backend: Send + Sync {
         losses: &mut Self::Buf,
         grad: Option<LossGrad<'_, Self::Buf>>,
         logits: &Self::Buf,
-        targets: &[u32],
+        targets: &Self::Ids,
         vocab: usize,
     ) -> EngineResult<()>;
     /// Per-row `loss = T² · KL(softmax(teacher/T) ‖ softmax(logits/T))`; optional gradient w.r.t. `logits`.

@@ -2,8 +2,9 @@
 //! quantization-aware training (absmean ternary weights, optional int8 activations, straight-through
 //! gradients), AdamW, and a backend interface that a CUDA implementation can fill in.
 //!
-//! * [`backend`]: the [`Backend`] trait (storage + kernels); [`cpu`]: [`CpuBackend`] (rayon + [`matmul`]: `gemm` crate
-//!   f32 or AMX-BF16).
+//! * [`backend`]: the [`Backend`] trait (storage + kernels); [`cpu`]: [`CpuBackend`] (rayon + [`matmul`]: `gemm`
+//!   crate f32, AVX-512 f32 or AMX-BF16); `cuda` (feature `cuda`): `CudaBackend` (cuBLAS + NVRTC-compiled kernels,
+//!   loaded at run time).
 //! * [`layers`]: one forward/backward pair per layer.
 //! * [`model`]: [`Transformer`], [`Parameters`], [`ParamLayout`], activation recomputation, memory accounting.
 //! * [`optim`]: [`AdamW`], learning-rate schedules, clipping.
@@ -13,6 +14,8 @@
 pub mod backend;
 pub mod block_model;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod layers;
 pub mod matmul;
@@ -21,6 +24,7 @@ pub mod optim;
 pub mod quant;
 pub mod rng;
 pub mod scalar;
+pub(crate) mod shapes;
 
 pub use backend::{
     AdamWParams, AttentionDims, Backend, GatedActivation, GemmSpec, LossGrad, RopeDims, RopeDirection, WriteMode,
@@ -28,6 +32,8 @@ pub use backend::{
 };
 pub use block_model::{BlockLayout, BlockLoss, BlockModel};
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::{CudaBackend, CudaError, CudaUnavailable, GemmPrecision};
 pub use error::{EngineError, EngineResult, NonFiniteSource};
 pub use layers::{ParamId, QuantScratch, Weights};
 pub use matmul::MatmulPrecision;

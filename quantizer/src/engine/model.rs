@@ -608,8 +608,11 @@ pub struct Transformer<B: Backend> {
     quantized: QuantizedWeights<B>,
     quant_scratch: QuantScratch<B>,
     grad: Option<GradState<B>>,
-    /// Tokens of the last training forward, consumed by `backward`.
-    pending_tokens: Option<Vec<u32>>,
+    /// Token ids and targets of the last forward pass, on the device (uploaded once per pass).
+    token_ids: B::Ids,
+    target_ids: B::Ids,
+    /// Whether the last forward was a training forward that `backward` may consume (with `token_ids`).
+    pending_backward: bool,
 }
 
 impl<B: Backend> Transformer<B> {
@@ -648,7 +651,9 @@ impl<B: Backend> Transformer<B> {
             quantized,
             quant_scratch,
             grad: None,
-            pending_tokens: None,
+            token_ids: backend.upload_ids(&[])?,
+            target_ids: backend.upload_ids(&[])?,
+            pending_backward: false,
             config,
             layout,
             plan,
@@ -805,7 +810,7 @@ impl<B: Backend> Transformer<B> {
 
     /// Forward pass to logits (no loss); activations are kept as for training.
     pub fn forward_logits(&mut self, backend: &B, params: &Parameters<B>, tokens: &[u32]) -> EngineResult<&B::Buf> {
-        self.pending_tokens = None;
+        self.pending_backward = false;
         self.run_forward(backend, params, tokens)?;
         Ok(&self.logits)
     }
@@ -818,7 +823,7 @@ impl<B: Backend> Transformer<B> {
         batch: &Batch<'_, B>,
         objective: &Objective,
     ) -> EngineResult<LossReport> {
-        self.pending_tokens = None;
+        self.pending_backward = false;
         self.run_forward(backend, params, batch.tokens)?;
         self.compute_loss(backend, batch, objective, None)
     }
@@ -834,7 +839,7 @@ impl<B: Backend> Transformer<B> {
         objective: &Objective,
         loss_scale: f64,
     ) -> EngineResult<LossReport> {
-        self.pending_tokens = None;
+        self.pending_backward = false;
         if self.grad.is_none() {
             let m = &self.config.model;
             let n = self.config.tokens();
@@ -853,14 +858,14 @@ impl<B: Backend> Transformer<B> {
                 step: None,
             });
         }
-        self.pending_tokens = Some(batch.tokens.to_vec());
+        self.pending_backward = true;
         Ok(report)
     }
 
     /// Forward through the blocks only (no final norm, no head): the residual stream for
     /// [`Transformer::residual_stream`], e.g. the block-wise stage's teacher activations.
     pub fn forward_residual(&mut self, backend: &B, params: &Parameters<B>, tokens: &[u32]) -> EngineResult<()> {
-        self.pending_tokens = None;
+        self.pending_backward = false;
         self.run_blocks(backend, params, tokens)
     }
 
@@ -893,6 +898,7 @@ impl<B: Backend> Transformer<B> {
             });
         }
         self.quantized.quantize(backend, params)?;
+        backend.write_ids(&mut self.token_ids, tokens)?;
         let Self {
             plan,
             rope_table,
@@ -900,10 +906,11 @@ impl<B: Backend> Transformer<B> {
             slots,
             quantized,
             quant_scratch,
+            token_ids,
             ..
         } = self;
         let weights = quantized.weights(&params.tensors);
-        plan.embedding.forward(backend, &weights, tokens, &mut residual[0])?;
+        plan.embedding.forward(backend, &weights, token_ids, &mut residual[0])?;
         for (l, block) in plan.blocks.iter().enumerate() {
             let (done, rest) = residual.split_at_mut(l + 1);
             let acts = &mut slots[plan.slot_of_layer[l]];
@@ -953,7 +960,8 @@ impl<B: Backend> Transformer<B> {
                 scale: *scale * objective.ce_weight / valid.max(1) as f64,
                 mode,
             });
-            backend.cross_entropy(&mut self.ce_losses, grad, &self.logits, batch.targets, vocab)?;
+            backend.write_ids(&mut self.target_ids, batch.targets)?;
+            backend.cross_entropy(&mut self.ce_losses, grad, &self.logits, &self.target_ids, vocab)?;
             mode = WriteMode::Accumulate;
             let sum: f64 = backend.download(&self.ce_losses)?.iter().map(|x| x.to_f64()).sum();
             let ce = sum / valid.max(1) as f64;
@@ -996,7 +1004,9 @@ impl<B: Backend> Transformer<B> {
     /// or let [`Transformer::train_step`] do it). Quantized linear weights receive `∂L/∂Ŵ`: call
     /// [`Transformer::finish_gradients`] once after the step's last backward.
     pub fn backward(&mut self, backend: &B, params: &Parameters<B>, grads: &mut Parameters<B>) -> EngineResult<()> {
-        let tokens = self.pending_tokens.take().ok_or(EngineError::NoForwardState)?;
+        if !std::mem::replace(&mut self.pending_backward, false) {
+            return Err(EngineError::NoForwardState);
+        }
         if grads.tensors.len() != self.layout.len() {
             return Err(EngineError::Shape {
                 op: "Transformer::backward",
@@ -1018,6 +1028,7 @@ impl<B: Backend> Transformer<B> {
             final_norm_out,
             final_rstd,
             grad,
+            token_ids,
             ..
         } = self;
         let g = grad.as_mut().ok_or(EngineError::NoForwardState)?;
@@ -1070,7 +1081,7 @@ impl<B: Backend> Transformer<B> {
                 quant_scratch,
             )?;
         }
-        plan.embedding.backward(backend, grads, &tokens, &g.d_residual)
+        plan.embedding.backward(backend, grads, token_ids, &g.d_residual)
     }
 
     /// One optimizer step over `micro_batches` (gradient accumulation: gradients are averaged, so the update

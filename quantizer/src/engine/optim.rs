@@ -189,13 +189,10 @@ pub struct AdamW<B: Backend> {
     steps: u64,
 }
 
-/// `sqrt(Σ g²)` over all gradient tensors, accumulated in f64.
+/// `sqrt(Σ g²)` over all gradient tensors, accumulated in f64 (one device synchronisation on a GPU).
 pub fn global_grad_norm<B: Backend>(backend: &B, grads: &Parameters<B>) -> EngineResult<f64> {
-    let mut sum = 0.0;
-    for g in &grads.tensors {
-        sum += backend.sum_squares(g)?;
-    }
-    Ok(sum.sqrt())
+    let all: Vec<&B::Buf> = grads.tensors.iter().collect();
+    Ok(backend.sum_squares_all(&all)?.sqrt())
 }
 
 impl<B: Backend> AdamW<B> {

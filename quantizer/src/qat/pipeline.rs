@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{latest_checkpoint, list_checkpoints};
 use crate::data::{document_separator, tokenize_files, PackedData};
-use crate::engine::{CpuBackend, LinearPrecision, ParamLayout, ScaleGroups, WeightQuantizer};
+use crate::engine::{Backend, LinearPrecision, ParamLayout, ScaleGroups, WeightQuantizer};
 use crate::hessian::mixed::{frontier, random_assignment, select, tensor_choices, ternary_bytes, Budget};
 use crate::hessian::{
     calibration_batches, compute_traces, temperature_scales, HessianError, TemperatureScaleOptions, TraceConfig,
@@ -287,8 +287,8 @@ pub fn prepare_data(
 
 /// The recipe's Hessian traces: read from `--traces`, from `RUN_DIR/traces.csv` of an earlier session, or
 /// computed on the training data (and then kept there). `None` when the recipe needs none.
-fn recipe_traces(
-    backend: &CpuBackend<f32>,
+fn recipe_traces<B: Backend<Elem = f32>>(
+    backend: &B,
     src: &SourceModel,
     recipe: &Recipe,
     data: &PackedData,
@@ -426,8 +426,8 @@ fn finished_stage(stage: &Stage, dir: &Path, layers: usize) -> Result<Option<Vec
 
 /// Runs `recipe` on `src`, writing the ternary model to `output` and everything else into `run_dir`.
 #[allow(clippy::too_many_arguments)]
-pub fn run_recipe(
-    backend: &CpuBackend<f32>,
+pub fn run_recipe<B: Backend<Elem = f32>>(
+    backend: &B,
     src: &SourceModel,
     recipe: &Recipe,
     output: &Path,

@@ -1,15 +1,8 @@
 //! Token embedding: `out[r, :] = table[token_r, :]`; backward scatters `dout` rows into the table gradient.
 
-use rayon::prelude::*;
-
 use super::{ParamId, Weights};
 use crate::engine::backend::Backend;
 use crate::engine::error::{EngineError, EngineResult};
-use crate::engine::scalar::Float;
-
-/// Columns handled per task in the backward scatter. Parallelising over columns (not tokens) keeps every
-/// gradient element's additions in token order: deterministic, and free of write races on repeated tokens.
-const COLS_PER_TASK: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Embedding {
@@ -19,14 +12,14 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    /// `tokens` were checked against the vocabulary when they were uploaded ([`check_tokens`]).
     pub fn forward<B: Backend>(
         &self,
         backend: &B,
         weights: &Weights<'_, B>,
-        tokens: &[u32],
+        tokens: &B::Ids,
         out: &mut B::Buf,
     ) -> EngineResult<()> {
-        check_tokens(tokens, self.vocab)?;
         backend.embedding_forward(out, weights.latent(self.table), tokens, self.dim)
     }
 
@@ -34,10 +27,9 @@ impl Embedding {
         &self,
         backend: &B,
         grads: &mut [B::Buf],
-        tokens: &[u32],
+        tokens: &B::Ids,
         dout: &B::Buf,
     ) -> EngineResult<()> {
-        check_tokens(tokens, self.vocab)?;
         backend.embedding_backward(&mut grads[self.table.0], dout, tokens, self.dim)
     }
 }
@@ -51,47 +43,5 @@ pub fn check_tokens(tokens: &[u32], vocab: usize) -> EngineResult<()> {
             vocab,
         }),
         None => Ok(()),
-    }
-}
-
-/// Tokens must already be checked against the table's row count.
-pub(crate) fn forward_cpu<T: Float>(out: &mut [T], table: &[T], tokens: &[u32], dim: usize) {
-    out.par_chunks_mut(dim).zip(tokens.par_iter()).for_each(|(row, &t)| {
-        let start = t as usize * dim;
-        row.copy_from_slice(&table[start..start + dim]);
-    });
-}
-
-pub(crate) fn backward_cpu<T: Float>(dtable: &mut [T], dout: &[T], tokens: &[u32], dim: usize) {
-    let tasks = dim.div_ceil(COLS_PER_TASK);
-    // Each task owns a column band of every table row; rows are far apart, so hand out raw row pointers.
-    let base = SendPtr(dtable.as_mut_ptr());
-    (0..tasks).into_par_iter().for_each(|task| {
-        let c0 = task * COLS_PER_TASK;
-        let c1 = (c0 + COLS_PER_TASK).min(dim);
-        for (r, &t) in tokens.iter().enumerate() {
-            let src = &dout[r * dim + c0..r * dim + c1];
-            // SAFETY: `t < vocab` was checked and `dtable` has `vocab·dim` elements, so the band
-            // `[t·dim + c0, t·dim + c1)` is in bounds; different tasks touch disjoint column bands.
-            let dst = unsafe { std::slice::from_raw_parts_mut(base.get().add(t as usize * dim + c0), c1 - c0) };
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d += s;
-            }
-        }
-    });
-}
-
-/// A raw pointer that may cross threads; users guarantee disjoint access.
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr<T>(pub *mut T);
-// SAFETY: only used where every thread writes a disjoint region (documented at each use).
-unsafe impl<T> Send for SendPtr<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    /// Accessor, so closures capture the whole `Send` wrapper rather than the raw field.
-    #[inline(always)]
-    pub(crate) fn get(self) -> *mut T {
-        self.0
     }
 }

@@ -1,19 +1,16 @@
 //! The layers of a Llama / BitNet b1.58 transformer, one forward/backward pair each (llm.c style).
 //!
-//! Each file holds the layer's math twice over: as a layer type that sequences [`Backend`] calls (what the
-//! model uses, on any backend) and as the CPU kernels the [`CpuBackend`](crate::engine::CpuBackend) runs,
-//! written generically over `f32`/`f64` so the gradient checks exercise the same code in double precision.
+//! Each file describes a layer's math as a type that sequences [`Backend`] calls (what the model uses, on any
+//! backend); the kernels themselves are the backends' (`engine/cpu/`, `engine/cuda/`). The losses are backend
+//! kernels only (`Backend::cross_entropy`, `kl_divergence`, `mse_loss`).
 //! Forward passes save what the backward pass needs in `*Activations` structs; backward passes accumulate
 //! parameter gradients into the gradient tensor of the same [`ParamId`].
 
 pub mod attention;
 pub mod block;
-pub mod cross_entropy;
 pub mod embedding;
-pub mod kl_div;
 pub mod linear;
 pub mod mlp;
-pub mod mse;
 pub mod rmsnorm;
 pub mod rope;
 

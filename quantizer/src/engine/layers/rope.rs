@@ -2,13 +2,9 @@
 //!
 //! Pair `i` of every head (`(x[2i], x[2i+1])` interleaved, `(x[i], x[i+d/2])` half) at position `p` is rotated
 //! by the angle `p·f_i`, `f_i = θ^(−2i/d)`, optionally rescaled as Llama 3.1 does. A rotation is orthogonal, so
-//! the backward is the inverse rotation of the gradient ([`RopeDirection::Inverse`]).
+//! the backward is the inverse rotation of the gradient ([`RopeDirection::Inverse`](crate::engine::RopeDirection::Inverse)).
 
-use rayon::prelude::*;
-use tern_format::{RopeScaling, RopeStyle};
-
-use crate::engine::backend::{RopeDims, RopeDirection};
-use crate::engine::scalar::Float;
+use tern_format::RopeScaling;
 
 /// Inverse frequencies `f_i`, `i < head_dim/2`, including Llama-3 scaling.
 pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: RopeScaling) -> Vec<f64> {
@@ -64,35 +60,4 @@ pub fn rope_table(seq_len: usize, head_dim: usize, theta: f64, scaling: RopeScal
         }
     }
     table
-}
-
-/// Index of the two elements of pair `i` in a head of `head_dim`.
-#[inline(always)]
-fn pair(style: RopeStyle, i: usize, head_dim: usize) -> (usize, usize) {
-    match style {
-        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-        RopeStyle::Half => (i, i + head_dim / 2),
-    }
-}
-
-pub(crate) fn rope_cpu<T: Float>(x: &mut [T], table: &[T], dims: RopeDims, direction: RopeDirection) {
-    let width = dims.n_heads * dims.head_dim;
-    let half = dims.head_dim / 2;
-    x.par_chunks_mut(width).enumerate().for_each(|(row, xr)| {
-        let pos = row % dims.seq_len;
-        let angles = &table[pos * dims.head_dim..(pos + 1) * dims.head_dim];
-        for head in xr.chunks_mut(dims.head_dim) {
-            for i in 0..half {
-                let (c, s) = (angles[2 * i], angles[2 * i + 1]);
-                let s = match direction {
-                    RopeDirection::Forward => s,
-                    RopeDirection::Inverse => -s,
-                };
-                let (ia, ib) = pair(dims.style, i, dims.head_dim);
-                let (a, b) = (head[ia], head[ib]);
-                head[ia] = a * c - b * s;
-                head[ib] = a * s + b * c;
-            }
-        }
-    });
 }

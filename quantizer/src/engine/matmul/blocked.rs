@@ -21,7 +21,7 @@ use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
-use crate::engine::layers::embedding::SendPtr;
+use crate::engine::cpu::embedding::SendPtr;
 
 /// Strided f32 source: element `(i, j)` at `ptr[i·rs + j·cs]`, with `rows × cols` of it readable.
 #[derive(Clone, Copy)]

@@ -24,9 +24,9 @@ mod pack;
 
 use std::any::TypeId;
 
-use super::error::{ensure, EngineResult};
 #[cfg(target_arch = "x86_64")]
-use super::layers::embedding::SendPtr;
+use super::cpu::embedding::SendPtr;
+use super::error::{ensure, EngineResult};
 use super::scalar::Float;
 
 /// Below this many multiply-adds a GEMM runs on the calling thread: rayon's fork/join would cost more.

@@ -1,4 +1,4 @@
-//! Hestia's soft ternary quantizer: the closed form, its derivative, and the CPU kernels.
+//! Hestia's soft ternary quantizer: the closed form and its derivative (the CPU kernels: `engine/cpu/quant.rs`).
 //!
 //! Per scale group with `a = max(mean|W|, 1e-5)` (not detached) and `z = W/a`, the soft code is the expectation of
 //! the grid point under `p_k = softmax_k(−(z − c_k)²/T)`, `c ∈ {−1, 0, 1}`. Multiplying numerator and denominator by
@@ -20,10 +20,6 @@
 //!
 //! At `T = 0` the quantizer is the hard one with the straight-through gradient `∂L/∂W = G`.
 
-use rayon::prelude::*;
-
-use super::hard::{ternary_code, ternary_scale, REDUCE_CHUNK};
-use super::QUANT_EPS;
 use crate::engine::scalar::Float;
 
 /// `(σ_T(z), dσ_T/dz)` for `T > 0`, overflow-free (see the module documentation).
@@ -57,111 +53,4 @@ pub fn soft_code_by_softmax(z: f64, temperature: f64) -> f64 {
     let max = logits.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l));
     let w = logits.map(|l| (l - max).exp());
     (w[2] - w[0]) / (w[0] + w[1] + w[2])
-}
-
-/// `Ŵ` for every run of `group_len` weights (`group_len` divides `w.len()`).
-pub(crate) fn forward_cpu<T: Float>(out: &mut [T], w: &[T], group_len: usize, temperature: f64, pressure: f64) {
-    let (t, p) = (T::from_f64(temperature), T::from_f64(pressure));
-    if group_len >= REDUCE_CHUNK {
-        for (o, w) in out.chunks_mut(group_len).zip(w.chunks(group_len)) {
-            // Split the elementwise work; the scale is the group's, computed once.
-            let a = ternary_scale(w);
-            o.par_chunks_mut(REDUCE_CHUNK)
-                .zip(w.par_chunks(REDUCE_CHUNK))
-                .for_each(|(o, w)| forward_with_scale(o, w, T::from_f64(a), t, p));
-        }
-    } else {
-        out.par_chunks_mut(group_len)
-            .zip(w.par_chunks(group_len))
-            .for_each(|(o, w)| forward_with_scale(o, w, T::from_f64(ternary_scale(w)), t, p));
-    }
-}
-
-/// `out = (1 − λ)·w + λ·a·σ_T(w/a)` for weights of a group with scale `a` (`T = 0`: the hard code).
-fn forward_with_scale<T: Float>(out: &mut [T], w: &[T], a: T, temperature: T, pressure: T) {
-    let keep = T::ONE - pressure;
-    if temperature == T::ZERO {
-        for (o, &w) in out.iter_mut().zip(w) {
-            *o = keep * w + pressure * (ternary_code(w, a) * a);
-        }
-    } else {
-        for (o, &w) in out.iter_mut().zip(w) {
-            let (s, _) = soft_code(w / a, temperature);
-            *o = keep * w + pressure * (s * a);
-        }
-    }
-}
-
-/// `Σ_i G_i·(σ(z_i) − z_i·σ'(z_i))` over a slice, in f64.
-fn scale_term<T: Float>(g: &[T], w: &[T], a: T, temperature: T) -> f64 {
-    g.iter()
-        .zip(w)
-        .map(|(&g, &w)| {
-            let z = w / a;
-            let (s, ds) = soft_code(z, temperature);
-            (g * (s - z * ds)).to_f64()
-        })
-        .sum()
-}
-
-/// The elementwise part of the backward: `G_j ← (1 − λ)·G_j + λ·(G_j·σ'(z_j) + sign(W_j)·r)`, `r = R/n`.
-fn apply_backward<T: Float>(g: &mut [T], w: &[T], a: T, temperature: T, pressure: T, r: T) {
-    let keep = T::ONE - pressure;
-    for (g, &w) in g.iter_mut().zip(w) {
-        let (_, ds) = soft_code(w / a, temperature);
-        let sign = if w > T::ZERO {
-            T::ONE
-        } else if w < T::ZERO {
-            -T::ONE
-        } else {
-            T::ZERO
-        };
-        *g = keep * *g + pressure * (*g * ds + sign * r);
-    }
-}
-
-/// In place: `grad` holds `∂L/∂Ŵ` on entry and `∂L/∂W` on exit (see the module documentation).
-pub(crate) fn backward_cpu<T: Float>(grad: &mut [T], w: &[T], group_len: usize, temperature: f64, pressure: f64) {
-    if temperature == 0.0 {
-        // Straight-through: the identity, whatever the pressure.
-        return;
-    }
-    let (t, p) = (T::from_f64(temperature), T::from_f64(pressure));
-    let group = |g: &mut [T], w: &[T], parallel: bool| {
-        let mean = super::hard::mean_abs(w);
-        let a = T::from_f64(mean.max(QUANT_EPS));
-        // The floor makes `a` constant: no gradient through it.
-        let scale_flows = mean > QUANT_EPS;
-        let r = if scale_flows {
-            let sum: f64 = if parallel {
-                let partials: Vec<f64> = g
-                    .par_chunks(REDUCE_CHUNK)
-                    .zip(w.par_chunks(REDUCE_CHUNK))
-                    .map(|(g, w)| scale_term(g, w, a, t))
-                    .collect();
-                partials.iter().sum()
-            } else {
-                scale_term(g, w, a, t)
-            };
-            T::from_f64(sum / w.len() as f64)
-        } else {
-            T::ZERO
-        };
-        if parallel {
-            g.par_chunks_mut(REDUCE_CHUNK)
-                .zip(w.par_chunks(REDUCE_CHUNK))
-                .for_each(|(g, w)| apply_backward(g, w, a, t, p, r));
-        } else {
-            apply_backward(g, w, a, t, p, r);
-        }
-    };
-    if group_len >= REDUCE_CHUNK {
-        for (g, w) in grad.chunks_mut(group_len).zip(w.chunks(group_len)) {
-            group(g, w, true);
-        }
-    } else {
-        grad.par_chunks_mut(group_len)
-            .zip(w.par_chunks(group_len))
-            .for_each(|(g, w)| group(g, w, false));
-    }
 }

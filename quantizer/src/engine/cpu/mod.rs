@@ -1,6 +1,8 @@
 //! CPU backend: `Vec<T>` buffers, rayon for the elementwise/row kernels, [`super::matmul`] for matrix products
 //! (the `gemm` crate in f32 by default; the AVX-512F f32 or AMX-BF16 kernels with
-//! [`CpuBackend::with_matmul_precision`]).
+//! [`CpuBackend::with_matmul_precision`]). Every CPU kernel lives in this folder, one file per kernel family,
+//! generic over `f32`/`f64` so the gradient checks run the same code in double precision; the layers
+//! (`engine/layers/`) only describe the math and call the [`Backend`].
 //!
 //! Why `gemm` rather than `matrixmultiply`: measured on this machine (2 Zen 4 cores at 2.445 GHz, AVX2/FMA
 //! exposed, so a core's f32 peak is 2 FMA pipes × 8 lanes × 2 flops × 2.445 GHz = 78 GFLOP/s) on the
@@ -11,6 +13,16 @@
 //! `examples/gemm_gflops.rs` measures the engine's own `matmul` (wall clock and per CPU-second, since the
 //! machine is shared).
 
+mod attention;
+mod cross_entropy;
+pub(crate) mod embedding;
+mod kl_div;
+mod mlp;
+pub mod mse;
+mod quant;
+mod rmsnorm;
+mod rope;
+
 use std::marker::PhantomData;
 
 use rayon::prelude::*;
@@ -19,10 +31,10 @@ use super::backend::{
     AdamWParams, AttentionDims, Backend, GatedActivation, GemmSpec, LossGrad, RopeDims, RopeDirection, WriteMode,
 };
 use super::error::{ensure, EngineResult};
-use super::layers::{attention, cross_entropy, embedding, kl_div, mlp, mse, rmsnorm, rope};
 use super::matmul::{gemm_strided_with, MatmulPrecision};
-use super::quant::{self, LinearPrecision, SoftState};
+use super::quant::{LinearPrecision, SoftState};
 use super::scalar::Float;
+use super::shapes::{check_attention_dims, check_groups, check_rope, rows_of, same_len};
 
 /// Elements per task of the deterministic sum of squares and of the AdamW update.
 const CHUNK: usize = 1 << 14;
@@ -77,19 +89,6 @@ fn lane_sum<T: Float>(a: &[T], b: &[T]) -> f64 {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
 }
 
-fn same_len(op: &'static str, what: &'static str, got: usize, want: usize) -> EngineResult<()> {
-    ensure(got == want, op, || {
-        format!("{what} has {got} elements, expected {want}")
-    })
-}
-
-fn rows_of(op: &'static str, what: &'static str, len: usize, cols: usize) -> EngineResult<usize> {
-    ensure(cols > 0 && len % cols == 0, op, || {
-        format!("{what} has {len} elements, not a multiple of {cols}")
-    })?;
-    Ok(len / cols)
-}
-
 fn loss_grad<'a, T: Float>(
     op: &'static str,
     grad: Option<LossGrad<'a, Vec<T>>>,
@@ -107,6 +106,7 @@ fn loss_grad<'a, T: Float>(
 impl<T: Float> Backend for CpuBackend<T> {
     type Elem = T;
     type Buf = Vec<T>;
+    type Ids = Vec<u32>;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -140,6 +140,20 @@ impl<T: Float> Backend for CpuBackend<T> {
             .zip(src.par_chunks(CHUNK))
             .for_each(|(d, s)| d.copy_from_slice(s));
         Ok(())
+    }
+
+    fn upload_ids(&self, ids: &[u32]) -> EngineResult<Vec<u32>> {
+        Ok(ids.to_vec())
+    }
+
+    fn write_ids(&self, dst: &mut Vec<u32>, ids: &[u32]) -> EngineResult<()> {
+        dst.clear();
+        dst.extend_from_slice(ids);
+        Ok(())
+    }
+
+    fn ids_len(&self, ids: &Vec<u32>) -> usize {
+        ids.len()
     }
 
     fn fill(&self, buf: &mut Vec<T>, value: T) -> EngineResult<()> {
@@ -214,7 +228,7 @@ impl<T: Float> Backend for CpuBackend<T> {
 
     fn quantize_ternary_hard(&self, out: &mut Vec<T>, w: &Vec<T>, group_len: usize) -> EngineResult<()> {
         check_groups("quantize_ternary_hard", out.len(), w.len(), group_len)?;
-        quant::hard::quantize_cpu(out, w, group_len);
+        quant::quantize_ternary_hard_cpu(out, w, group_len);
         Ok(())
     }
 
@@ -227,7 +241,7 @@ impl<T: Float> Backend for CpuBackend<T> {
     ) -> EngineResult<()> {
         check_groups("quantize_ternary_soft", out.len(), w.len(), group_len)?;
         state.validate()?;
-        quant::soft::forward_cpu(out, w, group_len, state.temperature, state.pressure);
+        quant::soft_forward_cpu(out, w, group_len, state.temperature, state.pressure);
         Ok(())
     }
 
@@ -240,7 +254,7 @@ impl<T: Float> Backend for CpuBackend<T> {
     ) -> EngineResult<()> {
         check_groups("quantize_ternary_soft_backward", grad.len(), w.len(), group_len)?;
         state.validate()?;
-        quant::soft::backward_cpu(grad, w, group_len, state.temperature, state.pressure);
+        quant::soft_backward_cpu(grad, w, group_len, state.temperature, state.pressure);
         Ok(())
     }
 
@@ -256,29 +270,35 @@ impl<T: Float> Backend for CpuBackend<T> {
         if let LinearPrecision::Int4 { group } = precision {
             ensure(group > 0, "quantize_weight_integer", || "int4 group 0".into())?;
         }
-        quant::integer::quantize_cpu(out, w, cols, precision);
+        super::quant::integer::quantize_cpu(out, w, cols, precision);
         Ok(())
     }
 
     fn fake_quantize_int8_rows(&self, out: &mut Vec<T>, x: &Vec<T>, cols: usize) -> EngineResult<()> {
         rows_of("fake_quantize_int8_rows", "x", x.len(), cols)?;
         same_len("fake_quantize_int8_rows", "out", out.len(), x.len())?;
-        quant::hard::quantize_int8_rows_cpu(out, x, cols);
+        quant::quantize_int8_rows_cpu(out, x, cols);
         Ok(())
     }
 
-    fn embedding_forward(&self, out: &mut Vec<T>, table: &Vec<T>, tokens: &[u32], dim: usize) -> EngineResult<()> {
+    fn embedding_forward(&self, out: &mut Vec<T>, table: &Vec<T>, tokens: &Vec<u32>, dim: usize) -> EngineResult<()> {
         let vocab = rows_of("embedding_forward", "table", table.len(), dim)?;
         same_len("embedding_forward", "out", out.len(), tokens.len() * dim)?;
-        embedding::check_tokens(tokens, vocab)?;
+        super::layers::embedding::check_tokens(tokens, vocab)?;
         embedding::forward_cpu(out, table, tokens, dim);
         Ok(())
     }
 
-    fn embedding_backward(&self, dtable: &mut Vec<T>, dout: &Vec<T>, tokens: &[u32], dim: usize) -> EngineResult<()> {
+    fn embedding_backward(
+        &self,
+        dtable: &mut Vec<T>,
+        dout: &Vec<T>,
+        tokens: &Vec<u32>,
+        dim: usize,
+    ) -> EngineResult<()> {
         let vocab = rows_of("embedding_backward", "dtable", dtable.len(), dim)?;
         same_len("embedding_backward", "dout", dout.len(), tokens.len() * dim)?;
-        embedding::check_tokens(tokens, vocab)?;
+        super::layers::embedding::check_tokens(tokens, vocab)?;
         embedding::backward_cpu(dtable, dout, tokens, dim);
         Ok(())
     }
@@ -318,17 +338,7 @@ impl<T: Float> Backend for CpuBackend<T> {
     }
 
     fn rope(&self, x: &mut Vec<T>, table: &Vec<T>, dims: RopeDims, direction: RopeDirection) -> EngineResult<()> {
-        ensure(dims.head_dim % 2 == 0 && dims.seq_len > 0, "rope", || {
-            format!(
-                "head dim {} must be even and seq len {} positive",
-                dims.head_dim, dims.seq_len
-            )
-        })?;
-        let rows = rows_of("rope", "x", x.len(), dims.n_heads * dims.head_dim)?;
-        ensure(rows % dims.seq_len == 0, "rope", || {
-            format!("{rows} rows are not whole sequences of {}", dims.seq_len)
-        })?;
-        same_len("rope", "table", table.len(), dims.seq_len * dims.head_dim)?;
+        check_rope(x.len(), table.len(), &dims)?;
         rope::rope_cpu(x, table, dims, direction);
         Ok(())
     }
@@ -359,6 +369,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         dv: &mut Vec<T>,
         scratch: &mut Vec<T>,
         dout: &Vec<T>,
+        _out: &Vec<T>,
         q: &Vec<T>,
         k: &Vec<T>,
         v: &Vec<T>,
@@ -417,7 +428,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         losses: &mut Vec<T>,
         grad: Option<LossGrad<'_, Vec<T>>>,
         logits: &Vec<T>,
-        targets: &[u32],
+        targets: &Vec<u32>,
         vocab: usize,
     ) -> EngineResult<()> {
         let rows = rows_of("cross_entropy", "logits", logits.len(), vocab)?;
@@ -503,24 +514,4 @@ impl<T: Float> Backend for CpuBackend<T> {
             });
         Ok(())
     }
-}
-
-fn check_groups(op: &'static str, out: usize, w: usize, group_len: usize) -> EngineResult<()> {
-    same_len(op, "out", out, w)?;
-    ensure(group_len > 0 && w % group_len == 0, op, || {
-        format!("{w} weights are not whole scale groups of {group_len}")
-    })
-}
-
-fn check_attention_dims(d: &AttentionDims) -> EngineResult<()> {
-    ensure(
-        d.head_dim > 0 && d.n_kv_heads > 0 && d.n_heads % d.n_kv_heads == 0 && d.seq_len > 0,
-        "attention",
-        || {
-            format!(
-                "{} heads, {} KV heads, head dim {}, seq {}",
-                d.n_heads, d.n_kv_heads, d.head_dim, d.seq_len
-            )
-        },
-    )
 }
