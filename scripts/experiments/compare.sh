@@ -30,10 +30,12 @@ run() {
   [ -d "$dir" ] && resume=(--resume)
   echo "== $name: $*"
   "$T" quantize "$M" -o "$dir.tern" --checkpoint-dir "$dir" "${common[@]}" "$@" "${resume[@]}" > "$dir.log" 2>&1
+  # A finished run needs no checkpoints (1.6 GB each for SmolLM2): keep the disk for the next runs.
+  rm -f "$dir"/checkpoint-*.tck
   echo "== $name: finished"
 }
 
-for name in "${@:-ptq ste hestia-a0.4 hestia-a0 ste-kd blockwise-ste-kd}"; do
+for name in ${@:-ptq ste hestia-a0.4 hestia-a0 ste-kd blockwise-ste-kd ste-mixed5 ste-mixed15 ste-random5}; do
   case "$name" in
     ptq) run ptq --method ptq ;;
     ste) run ste --method ste --steps "$STEPS" ;;
@@ -42,7 +44,12 @@ for name in "${@:-ptq ste hestia-a0.4 hestia-a0 ste-kd blockwise-ste-kd}"; do
     # Distillation: the teacher's forward costs about a third of a step, so fewer steps for the same CPU time.
     ste-kd) run ste-kd --method ste --distill 1 --steps "${KD_STEPS:-230}" ;;
     blockwise-ste-kd) run blockwise-ste-kd --method ste --recipe blockwise+e2e --block-steps "${BLOCK_STEPS:-100}" \
-        --block-batch 4 --block-windows 256 --block-lr 1e-3 --block-min-lr 1e-4 --distill 1 --steps "${E2E_STEPS:-150}" ;;
+        --block-batch 4 --block-windows "${BLOCK_WINDOWS:-256}" --block-lr 1e-3 --block-min-lr 1e-4 --distill 1 --steps "${E2E_STEPS:-150}" ;;
+    # Hessian-aware mixed precision (HAWQ-V2) at +5% and +15% of the all-ternary file, and a random assignment
+    # of the same +5% as the control: the same STE budget as `ste`, the uniform ternary run.
+    ste-mixed5) run ste-mixed5 --method ste --budget +5% --traces "$TRACES" --steps "$STEPS" ;;
+    ste-mixed15) run ste-mixed15 --method ste --budget +15% --traces "$TRACES" --steps "$STEPS" ;;
+    ste-random5) run ste-random5 --method ste --budget +5% --traces "$TRACES" --random-assignment 1 --steps "$STEPS" ;;
     *) echo "unknown run $name"; exit 2 ;;
   esac
 done
