@@ -30,8 +30,9 @@ run() {
   [ -d "$dir" ] && resume=(--resume)
   echo "== $name: $*"
   "$T" quantize "$M" -o "$dir.tern" --checkpoint-dir "$dir" "${common[@]}" "$@" "${resume[@]}" > "$dir.log" 2>&1
-  # A finished run needs no checkpoints (1.6 GB each for SmolLM2): keep the disk for the next runs.
-  rm -f "$dir"/checkpoint-*.tck
+  # A finished run keeps only its last checkpoint (1.6 GB for SmolLM2; `--resume` with other export options,
+  # e.g. --layout base3 --head int4, re-exports from it without training).
+  ls "$dir"/checkpoint-*.tck 2>/dev/null | sort | head -n -1 | xargs -r rm -f
   echo "== $name: finished"
 }
 

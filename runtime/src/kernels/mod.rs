@@ -318,11 +318,14 @@ pub fn best() -> &'static Kernels {
 pub const KERNELS_ENV: &str = "TERN_KERNELS";
 
 /// The table models use: the one `TERN_KERNELS` names (under `std`), else `best()`. Errors when the variable
-/// names a table this CPU cannot run, rather than silently running another.
+/// names a table this CPU cannot run, rather than silently running another; set but empty counts as unset
+/// (`TERN_KERNELS= cmd`, a shell's way to clear it for one command).
 pub fn selected() -> Result<&'static Kernels, crate::RuntimeError> {
     #[cfg(feature = "std")]
     if let Ok(name) = std::env::var(KERNELS_ENV) {
-        return by_name(name.trim()).ok_or(crate::RuntimeError::KernelsUnavailable);
+        if !name.trim().is_empty() {
+            return by_name(name.trim()).ok_or(crate::RuntimeError::KernelsUnavailable);
+        }
     }
     Ok(best())
 }
