@@ -69,12 +69,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(k) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(k)
-            .build_global()
-            .context("configuring the thread pool")?;
-    }
+    crate::commands::configure_rayon_threads(args.threads)?;
     let src = match (&args.model, args.tiny_random) {
         (_, Some(seed)) => tern_quantizer::tiny::tiny_random_model(seed),
         (Some(p), None) => tern_quantizer::load(p).with_context(|| format!("loading {}", p.display()))?,

@@ -537,12 +537,7 @@ pub fn cuda_backend_with_info() -> anyhow::Result<(CpuBackend<f32>, serde_json::
 /// Runs the recipe on `backend`, whose matrix-product kernel `kernel` is recorded in the stage configs (a resume
 /// on another kernel is refused: its rounding differs).
 fn run_on<B: Backend<Elem = f32>>(backend: &B, kernel: String, args: Args) -> anyhow::Result<()> {
-    if let Some(k) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(k)
-            .build_global()
-            .context("configuring the thread pool")?;
-    }
+    crate::commands::configure_rayon_threads(args.threads)?;
     let mut recipe = recipe(&args)?;
     for stage in &mut recipe.stages {
         match stage {

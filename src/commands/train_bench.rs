@@ -68,12 +68,7 @@ fn smollm2_config() -> ModelConfig {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.device {
         Device::Cpu => {
-            if let Some(k) = args.threads {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(k)
-                    .build_global()
-                    .context("configuring the thread pool")?;
-            }
+            crate::commands::configure_rayon_threads(args.threads)?;
             let backend = cpu_backend(args.precision);
             let info =
                 serde_json::json!({ "matmul": backend.matmul_kernel_name(), "threads": rayon::current_num_threads() });
