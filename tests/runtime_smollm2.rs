@@ -40,7 +40,7 @@ enum Head {
 
 /// SmolLM2 with f16 block matrices and the embedding/head as `head` says.
 fn f16_model_with(path: &Path, head: Head) -> Vec<u8> {
-    let src = tern_quantizer::model::load(path).unwrap();
+    let src = tern_quantizer::import::source::load(path).unwrap();
     let mut w = ModelWriter::new(src.config);
     w.tokenizer_json(src.tokenizer_json.clone());
     if let Some(t) = &src.chat_template {
@@ -115,7 +115,7 @@ fn kv_precision_measurement() {
     use tern_runtime::{KvPrecision, Logits};
     let Some(path) = gguf() else { return };
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/lee.txt")).unwrap();
-    let src = tern_quantizer::model::load(&path).unwrap();
+    let src = tern_quantizer::import::source::load(&path).unwrap();
     let ptq = tern_quantizer::ptq::ptq_model(&src, &Default::default(), &mut |_, _, _| {})
         .unwrap()
         .to_bytes()

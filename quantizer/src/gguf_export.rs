@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::gguf::GgmlType;
+use crate::import::gguf_file::GgmlType;
 use half::f16;
 use tern_format::blocks::{
     int4_value, ternary2_code, ternary3_code, BlockTernary2, BlockTernary3, TERNARY_BLOCK_WEIGHTS,

@@ -7,7 +7,7 @@ use tern_format::blocks::round_half_even;
 use tern_format::{ModelWriter, Role, ScaleKind, Shape, TensorData, TernaryLayout};
 
 use crate::engine::LinearPrecision;
-use crate::model::{SourceModel, SourceTensor};
+use crate::import::source::{SourceModel, SourceTensor};
 
 /// Smallest scale used, so an all-zero unit does not divide by zero (BitNet clamps mean|W| the same way).
 pub const MIN_SCALE: f32 = 1e-5;

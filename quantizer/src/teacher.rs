@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::data::{decode_token_cache, document_separator, encode_token_cache, Fnv64};
 use crate::engine::SplitMix64;
-use crate::model::SourceModel;
+use crate::import::source::SourceModel;
 use crate::train::{model_fingerprint, TrainError};
 
 #[derive(Clone, Copy, Debug, PartialEq)]

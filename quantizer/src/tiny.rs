@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 use tern_format::{Architecture, ModelConfig};
 
 use crate::engine::{tiny_config, ParamKind, ParamLayout, SplitMix64};
-use crate::model::{
+use crate::import::source::{
     expected_shape, parse_gguf_tensor_name, SourceModel, SourceTensor, META_SOURCE_FORMAT, META_SOURCE_PATH,
 };
 

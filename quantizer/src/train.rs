@@ -35,11 +35,11 @@ use crate::engine::{
     NonFiniteSource, Objective, ParamKind, ParamLayout, Parameters, QuantConfig, Recompute, ScaleGroups, SoftState,
     Transformer, WeightQuantizer,
 };
+use crate::import::source::SourceModel;
 use crate::metrics::{
     last_cpu_seconds, process_cpu_seconds, read_metrics, truncate_after, MetricsError, MetricsRecord, MetricsWriter,
     METRICS_FILE,
 };
-use crate::model::SourceModel;
 use crate::ptq::{ternarize_absmean, ConvertError, ScaleGranularity};
 use crate::qat::hestia::{HestiaOptions, TemperatureControl};
 

@@ -8,8 +8,8 @@ use tern_format::{
     AlignedBytes, Architecture, ElementType, ModelConfig, ModelView, ModelWriter, Role, RopeScaling, RopeStyle,
     ScaleKind, Shape, TensorData, TensorView, TernaryLayout, NO_TOKEN,
 };
-use tern_quantizer::gguf::GgufFile;
 use tern_quantizer::gguf_export::{export_gguf, TernaryGgufType};
+use tern_quantizer::import::gguf_file::GgufFile;
 
 fn config(hidden: u32, ffn: u32) -> ModelConfig {
     ModelConfig {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 use tern_format::{Architecture, Role, RopeScaling, RopeStyle};
-use tern_quantizer::gguf::{GgmlType, GgufFile, MetaType, MetaValue};
+use tern_quantizer::import::gguf_file::{GgmlType, GgufFile, MetaType, MetaValue};
 use tern_quantizer::{load, ImportError};
 
 fn fixture(name: &str) -> PathBuf {
@@ -405,7 +405,7 @@ fn gguf_with_metadata(kv: &[(&str, MetaValue)]) -> GgufFile {
 /// most three, "123" | "4" → 123, 4; smollm splits every digit → 1, 2, 3, 4.
 #[test]
 fn pre_tokenizer_types_split_digits_as_llama_cpp_defines_them() {
-    use tern_quantizer::tokenizer_json::tokenizer_json_from_gguf;
+    use tern_quantizer::import::tokenizer::tokenizer_json_from_gguf;
     use tokenizers::Tokenizer;
     // GPT-2's byte → symbol map: printable Latin-1 bytes map to themselves, the rest to U+0100 onwards.
     let mut symbols = Vec::new();

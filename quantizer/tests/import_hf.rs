@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use tern_format::{Architecture, Role, RopeScaling, RopeStyle, NO_TOKEN};
-use tern_quantizer::hf::{permute_interleaved_to_rotate_half, permute_rotate_half_to_interleaved};
+use tern_quantizer::import::hf::{permute_interleaved_to_rotate_half, permute_rotate_half_to_interleaved};
 use tern_quantizer::{load, ImportError};
 
 fn fixture(name: &str) -> PathBuf {
@@ -333,7 +333,7 @@ fn llama3_checkpoint_with_rope_scaling_untied_head_and_mixed_dtypes() {
     assert_eq!(m.tensors.first().unwrap().name, "token_embd.weight");
     assert_eq!(m.tensors.last().unwrap().name, "output.weight");
     for t in &tensors {
-        let Some(role) = tern_quantizer::hf::hf_tensor_role(&t.name).unwrap() else {
+        let Some(role) = tern_quantizer::import::hf::hf_tensor_role(&t.name).unwrap() else {
             continue;
         };
         let got = m.tensor(role.0, role.1).unwrap();

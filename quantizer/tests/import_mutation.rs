@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tern_quantizer::gguf::{GgufFile, MetaType, MetaValue};
-use tern_quantizer::gguf_import::source_model_from_gguf;
+use tern_quantizer::import::gguf::source_model_from_gguf;
+use tern_quantizer::import::gguf_file::{GgufFile, MetaType, MetaValue};
 use tern_quantizer::ImportError;
 
 fn fixture(name: &str) -> Vec<u8> {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use tern_format::{Architecture, Role, RopeScaling, RopeStyle};
-use tern_quantizer::gguf::{GgmlType, GgufFile};
-use tern_quantizer::tokenizer_json::tokenizer_json_from_gguf;
+use tern_quantizer::import::gguf_file::{GgmlType, GgufFile};
+use tern_quantizer::import::tokenizer::tokenizer_json_from_gguf;
 
 const SMOL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const SMOL_BYTES: u64 = 98_362_432;
@@ -48,7 +48,7 @@ fn smollm2_header_and_config_match_the_reference_numbers() {
     assert_eq!(g.tensor_info("token_embd.weight").unwrap().ggml_type, GgmlType::Q8_0);
     assert!(g.tensor_info("output.weight").is_none());
 
-    let c = tern_quantizer::gguf_import::config_from_gguf(&g).unwrap();
+    let c = tern_quantizer::import::gguf::config_from_gguf(&g).unwrap();
     assert_eq!(c.arch, Architecture::Llama);
     assert_eq!(c.n_layers, 30);
     assert_eq!(c.hidden_size, 576);

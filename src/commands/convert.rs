@@ -72,7 +72,8 @@ pub fn parse_head(s: &str) -> Result<HeadFormat, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let src = tern_quantizer::model::load(&args.input).with_context(|| format!("loading {}", args.input.display()))?;
+    let src = tern_quantizer::import::source::load(&args.input)
+        .with_context(|| format!("loading {}", args.input.display()))?;
     let opts = PtqOptions {
         scale: args.scale,
         layout: args.layout,

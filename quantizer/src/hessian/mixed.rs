@@ -16,7 +16,7 @@ use tern_format::blocks::{int4_value, quantize_int4_row, quantize_int8_row};
 use tern_format::TensorData;
 
 use crate::engine::{LinearPrecision, SplitMix64};
-use crate::model::SourceModel;
+use crate::import::source::SourceModel;
 use crate::ptq::{convert_tensor_at, is_ternary_role, ternarize_absmean, PtqOptions, ScaleGranularity};
 
 use super::{HessianError, TraceTable};

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::HostBatch;
 use crate::engine::{Backend, EngineError, Float, ParamKind, ParamLayout, SplitMix64};
-use crate::model::SourceModel;
+use crate::import::source::SourceModel;
 use crate::train::{layout_tensors_from_source, TrainError};
 
 pub use temperature::{temperature_scales, TemperatureScaleOptions};

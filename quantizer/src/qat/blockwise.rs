@@ -30,10 +30,10 @@ use crate::engine::{
     AdamW, AdamWConfig, Backend, BlockModel, EngineConfig, EngineError, LinearPrecision, LrSchedule, ParamLayout,
     Parameters, QuantConfig, Recompute, ScaleGroups, SoftState, Transformer, WeightQuantizer,
 };
+use crate::import::source::SourceModel;
 use crate::metrics::{
     last_cpu_seconds, process_cpu_seconds, truncate_after, MetricsRecord, MetricsWriter, METRICS_FILE,
 };
-use crate::model::SourceModel;
 use crate::qat::activations::{ActivationFile, ActivationShape, ActivationWriter};
 use crate::qat::hestia::{HestiaOptions, TemperatureControl};
 use crate::train::{layout_tensors_from_source, model_fingerprint, DebugOptions, TrainError};

@@ -20,7 +20,7 @@ use crate::hessian::{
     calibration_batches, compute_traces, temperature_scales, HessianError, TemperatureScaleOptions, TraceConfig,
     TraceTable,
 };
-use crate::model::SourceModel;
+use crate::import::source::SourceModel;
 use crate::ptq::{ptq_model, ptq_model_mixed, PtqOptions, ScaleGranularity};
 use crate::qat::blockwise::{train_blockwise, BlockwiseConfig, BlockwiseEvent};
 use crate::qat::hestia::HestiaOptions;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use serde_json::{json, Map, Value};
 
 use crate::error::ImportError;
-use crate::gguf::GgufFile;
+use crate::import::gguf_file::GgufFile;
 
 /// llama.cpp token types (`llama_token_type`).
 pub mod token_type {

@@ -5,7 +5,7 @@
 //! - shapes are row-major, outermost first: a matrix is `[rows (outputs), cols (inputs)]` with columns contiguous,
 //!   a norm vector is `[n]`;
 //! - Q/K rows are in GGUF's interleaved RoPE order (`config.rope_style == RopeStyle::Interleaved`): the Hugging
-//!   Face reader permutes them (see [`crate::hf::permute_rotate_half_to_interleaved`]);
+//!   Face reader permutes them (see [`crate::import::hf::permute_rotate_half_to_interleaved`]);
 //! - values are f32 (dequantized or widened exactly from the stored type).
 
 use std::path::{Path, PathBuf};
@@ -265,10 +265,10 @@ pub fn load(path: impl AsRef<Path>) -> Result<SourceModel, ImportError> {
                 path: path.to_path_buf(),
             });
         }
-        crate::hf::load_hf_dir(path)?
+        crate::import::hf::load_hf_dir(path)?
     } else if path.is_file() {
-        let gguf = crate::gguf::GgufFile::open(path)?;
-        crate::gguf_import::source_model_from_gguf(&gguf)?
+        let gguf = crate::import::gguf_file::GgufFile::open(path)?;
+        crate::import::gguf::source_model_from_gguf(&gguf)?
     } else if !path.exists() {
         return Err(ImportError::Io {
             path: path.to_path_buf(),

@@ -5,9 +5,9 @@ use rayon::prelude::*;
 use tern_format::{Architecture, ModelConfig, RopeScaling, RopeStyle, NO_TOKEN};
 
 use crate::error::ImportError;
-use crate::gguf::{GgufFile, MetaValue};
-use crate::model::{parse_gguf_tensor_name, SourceModel, SourceTensor, META_SOURCE_FORMAT, META_SOURCE_PATH};
-use crate::tokenizer_json::tokenizer_json_from_gguf;
+use crate::import::gguf_file::{GgufFile, MetaValue};
+use crate::import::source::{parse_gguf_tensor_name, SourceModel, SourceTensor, META_SOURCE_FORMAT, META_SOURCE_PATH};
+use crate::import::tokenizer::tokenizer_json_from_gguf;
 
 /// Architectures (`general.architecture`) this importer reads from GGUF.
 pub const SUPPORTED_GGUF_ARCHS: &str = "llama";
@@ -140,7 +140,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig, ImportError> {
     })
 }
 
-/// Converts a parsed GGUF file into a [`SourceModel`] (not yet validated: [`crate::model::load`] does that).
+/// Converts a parsed GGUF file into a [`SourceModel`] (not yet validated: [`crate::import::source::load`] does that).
 pub fn source_model_from_gguf(g: &GgufFile) -> Result<SourceModel, ImportError> {
     let config = config_from_gguf(g)?;
     let tokenizer_json = tokenizer_json_from_gguf(g)?;

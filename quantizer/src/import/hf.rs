@@ -13,7 +13,7 @@ use serde_json::Value;
 use tern_format::{Architecture, ModelConfig, Role, RopeScaling, RopeStyle, NO_TOKEN};
 
 use crate::error::ImportError;
-use crate::model::{gguf_tensor_name, SourceModel, SourceTensor, META_SOURCE_FORMAT, META_SOURCE_PATH};
+use crate::import::source::{gguf_tensor_name, SourceModel, SourceTensor, META_SOURCE_FORMAT, META_SOURCE_PATH};
 
 /// `architectures` values this importer reads.
 pub const SUPPORTED_HF_ARCHS: &str = "LlamaForCausalLM, BitNetForCausalLM";
@@ -522,7 +522,7 @@ fn to_f32(path: &Path, name: &str, view: &safetensors::tensor::TensorView<'_>) -
     })
 }
 
-/// Loads a Hugging Face model directory (not yet validated: [`crate::model::load`] does that).
+/// Loads a Hugging Face model directory (not yet validated: [`crate::import::source::load`] does that).
 pub fn load_hf_dir(dir: &Path) -> Result<SourceModel, ImportError> {
     let config_path = dir.join("config.json");
     let config_json = read_json(&config_path)?;
