@@ -1,5 +1,5 @@
-//! The CPU backend's SIMD matrix products, bf16 on AMX and f32 on AVX-512F: against an f64 GEMM of the inputs
-//! as the kernel sees them (rounded to bf16 for AMX) on ragged sizes, every transpose, strided per-head views,
+//! The CPU backend's SIMD matrix products, bf16 on AMX and on AVX512_BF16, f32 on AVX-512F: against an f64 GEMM
+//! of the inputs as the kernel sees them (rounded to bf16 for the bf16 kernels) on ragged sizes, every transpose, strided per-head views,
 //! accumulation and scaling; bit-identical results on 1, 2 and 3 rayon threads; a whole training step against
 //! the `gemm` crate's f32. A kernel the CPU lacks is skipped with a message (the backend falls back to the
 //! `gemm` crate there, which `kernel_name` reports).
@@ -21,20 +21,31 @@ struct Kernel {
     precision: MatmulPrecision,
     name: &'static str,
     round: fn(f32) -> f32,
+    /// Whether the kernel rounds its inputs to bf16.
+    bf16: bool,
     available: fn() -> bool,
 }
 
-const KERNELS: [Kernel; 2] = [
+const KERNELS: [Kernel; 3] = [
     Kernel {
         precision: MatmulPrecision::Bf16,
         name: "AMX-BF16",
         round: round_to_bf16,
+        bf16: true,
         available: matmul::amx_bf16_available,
+    },
+    Kernel {
+        precision: MatmulPrecision::Bf16Avx512,
+        name: "AVX512_BF16",
+        round: round_to_bf16,
+        bf16: true,
+        available: matmul::avx512_bf16_available,
     },
     Kernel {
         precision: MatmulPrecision::F32Avx512,
         name: "AVX-512F",
         round: |x| x,
+        bf16: false,
         available: matmul::avx512_f32_available,
     },
 ];
@@ -356,10 +367,14 @@ fn strided_views(kernel: Kernel) {
 
 #[test]
 fn bf16_gemm_rounds_its_inputs_and_is_not_the_f32_product() {
-    if !matmul::amx_bf16_available() {
-        eprintln!("bf16_gemm_rounds_its_inputs_and_is_not_the_f32_product: skipped, no AMX-BF16");
-        return;
+    for kernel in kernels("bf16_gemm_rounds_its_inputs_and_is_not_the_f32_product") {
+        if kernel.bf16 {
+            bf16_rounds_its_inputs(kernel);
+        }
     }
+}
+
+fn bf16_rounds_its_inputs(kernel: Kernel) {
     // Against the unrounded inputs the error is bf16-sized (~2⁻⁹ relative), far above the tolerance the bf16
     // reference meets: the kernel really computes on rounded inputs.
     let mut rng = ChaCha8Rng::seed_from_u64(3);
@@ -371,10 +386,23 @@ fn bf16_gemm_rounds_its_inputs_and_is_not_the_f32_product() {
     );
     let (lhs, rhs) = (random(lv.extent(), &mut rng), random(rv.extent(), &mut rng));
     let mut dst = vec![0.0f32; m * n];
-    matmul::gemm(BF16, dv.of_mut(&mut dst), false, lv.of(&lhs), rv.of(&rhs), 1.0, false).unwrap();
+    matmul::gemm(
+        kernel.precision,
+        dv.of_mut(&mut dst),
+        false,
+        lv.of(&lhs),
+        rv.of(&rhs),
+        1.0,
+        false,
+    )
+    .unwrap();
     let (exact, magnitude) = reference(&dst, dv, false, &lhs, lv, &rhs, rv, 1.0, |x| x);
     let ulps = error_in_ulps(&dst, dv, &exact, &magnitude);
-    assert!(ulps > 1000.0, "only {ulps:.1} ulps from the f32-input product");
+    assert!(
+        ulps > 1000.0,
+        "{}: only {ulps:.1} ulps from the f32-input product",
+        kernel.name
+    );
 }
 
 #[test]
@@ -430,8 +458,14 @@ fn backend_matmul_uses_the_chosen_precision() {
         let backend = f32_backend.with_matmul_precision(kernel.precision);
         assert_eq!(backend.matmul_precision(), kernel.precision);
         eprintln!("{:?}: {}", kernel.precision, backend.matmul_kernel_name());
-        // Where the kernel is missing the backend runs the `gemm` crate's f32 instead.
-        let round = if (kernel.available)() { kernel.round } else { |x| x };
+        // Where the kernel is missing the backend runs another bf16 kernel (`Bf16` without AMX) or the `gemm`
+        // crate's f32, and says which.
+        let bf16_inputs = backend.matmul_kernel_name().contains("bf16 inputs");
+        assert_eq!(
+            bf16_inputs,
+            kernel.bf16 && (kernel.available)() || kernel.precision == BF16 && matmul::avx512_bf16_available()
+        );
+        let round = if bf16_inputs { round_to_bf16 } else { |x| x };
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             let (lv, rv, dv) = (View::dense(m, k, ta), View::dense(k, n, tb), View::dense(m, n, false));
             let (a, b) = (random(m * k, &mut rng), random(k * n, &mut rng));
@@ -474,7 +508,12 @@ fn strided_gemm_rejects_views_outside_their_slices() {
             col_stride: cs,
         }
     }
-    for precision in [MatmulPrecision::F32, MatmulPrecision::F32Avx512, BF16] {
+    for precision in [
+        MatmulPrecision::F32,
+        MatmulPrecision::F32Avx512,
+        BF16,
+        MatmulPrecision::Bf16Avx512,
+    ] {
         let accepts = |out: &mut [f32], dst_rs: isize, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>| {
             matmul::gemm(precision, dst(out, dst_rs, 1), false, lhs, rhs, 1.0, false).is_ok()
         };
@@ -531,7 +570,7 @@ fn simd_training_step_tracks_f32_and_is_deterministic() {
             kernel.name
         );
         // bf16 inputs move the loss by ~1e-4 relative here; f32 on another summation order by ~1e-7.
-        let tolerance = if kernel.precision == BF16 { 1e-2 } else { 1e-5 };
+        let tolerance = if kernel.bf16 { 1e-2 } else { 1e-5 };
         for (f, b) in [(f32_first, first), (f32_second, second)] {
             assert!(
                 (f - b).abs() <= tolerance * f.abs(),
@@ -541,7 +580,7 @@ fn simd_training_step_tracks_f32_and_is_deterministic() {
         }
         // The step moved the loss by much more than the gap, so the comparison above says something.
         assert!((f32_first - f32_second).abs() > 10.0 * (f32_second - second).abs());
-        if kernel.precision == BF16 {
+        if kernel.bf16 {
             assert_ne!(
                 f32_first.to_bits(),
                 first.to_bits(),

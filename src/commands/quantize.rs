@@ -54,8 +54,13 @@ pub enum Device {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PrecisionArg {
+    /// bf16 where the CPU multiplies bf16 (AMX, else AVX512_BF16), else AVX-512F f32, else the gemm crate's f32.
     Auto,
+    /// bf16 inputs, f32 sums: AMX where available, else AVX512_BF16.
     Bf16,
+    /// bf16 on the AVX512_BF16 vector kernel even where AMX exists.
+    #[value(name = "bf16-avx512")]
+    Bf16Avx512,
     #[value(name = "f32-avx512")]
     F32Avx512,
     F32,
@@ -63,12 +68,13 @@ pub enum PrecisionArg {
 
 /// The CPU backend the arguments ask for.
 pub fn cpu_backend(p: PrecisionArg) -> CpuBackend<f32> {
-    use tern_quantizer::engine::matmul::{amx_bf16_available, avx512_f32_available};
+    use tern_quantizer::engine::matmul::{amx_bf16_available, avx512_bf16_available, avx512_f32_available};
     let precision = match p {
-        PrecisionArg::Auto if amx_bf16_available() => MatmulPrecision::Bf16,
+        PrecisionArg::Auto if amx_bf16_available() || avx512_bf16_available() => MatmulPrecision::Bf16,
         PrecisionArg::Auto if avx512_f32_available() => MatmulPrecision::F32Avx512,
         PrecisionArg::Auto | PrecisionArg::F32 => MatmulPrecision::F32,
         PrecisionArg::Bf16 => MatmulPrecision::Bf16,
+        PrecisionArg::Bf16Avx512 => MatmulPrecision::Bf16Avx512,
         PrecisionArg::F32Avx512 => MatmulPrecision::F32Avx512,
     };
     CpuBackend::<f32>::new().with_matmul_precision(precision)

@@ -5,7 +5,9 @@
 //! * `F32Avx512`: f32 too, on this crate's AVX-512F kernel ([`avx512`]) where the CPU has it: about 1.4× the
 //!   `gemm` crate on AVX-512 machines, but a different summation order, so not the same bits as `F32`.
 //! * `Bf16`: inputs rounded to bfloat16 (round to nearest even) while they are packed, products accumulated in
-//!   f32 by the AMX tile unit ([`amx`]): about 7× the `gemm` crate where AMX-BF16 exists.
+//!   f32 by the AMX tile unit ([`amx`]): about 7× the `gemm` crate where AMX-BF16 exists; on CPUs with
+//!   AVX512_BF16 but no AMX (AMD Zen 4), the same tiles multiplied by `VDPBF16PS` ([`avx512_bf16`]).
+//! * `Bf16Avx512`: the `VDPBF16PS` kernel even where AMX exists (to test and compare it).
 //!
 //! A mode the CPU (or the element type: `f64` always) cannot run falls back to `F32`, and [`kernel_name`]
 //! says so. Every path is deterministic: each output element is one fixed sequence of operations over the
@@ -16,6 +18,8 @@
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_bf16;
 pub mod bf16;
 #[cfg(target_arch = "x86_64")]
 mod blocked;
@@ -40,8 +44,11 @@ pub enum MatmulPrecision {
     F32,
     /// f32 inputs and accumulation on the AVX-512F kernel where available, else as `F32`.
     F32Avx512,
-    /// bf16 inputs (rounded to nearest even), f32 accumulation: AMX where available, else as `F32`.
+    /// bf16 inputs (rounded to nearest even), f32 accumulation: AMX where available, else AVX512_BF16, else as
+    /// `F32`.
     Bf16,
+    /// As `Bf16` on the AVX512_BF16 kernel (not AMX) where available, else as `F32`.
+    Bf16Avx512,
 }
 
 /// Whether this CPU and OS run the AMX-BF16 kernel (CPUID and the kernel's permission, probed once).
@@ -49,6 +56,18 @@ pub fn amx_bf16_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU has the AVX512_BF16 kernel's instructions (AVX-512F/BW/BF16).
+pub fn avx512_bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512_bf16::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -76,6 +95,8 @@ enum Kernel {
     Avx512,
     #[cfg(target_arch = "x86_64")]
     Amx,
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
 }
 
 fn kernel_for<T: Float>(precision: MatmulPrecision) -> Kernel {
@@ -85,6 +106,8 @@ fn kernel_for<T: Float>(precision: MatmulPrecision) -> Kernel {
         MatmulPrecision::F32Avx512 if is_f32 && avx512::available() => Kernel::Avx512,
         #[cfg(target_arch = "x86_64")]
         MatmulPrecision::Bf16 if is_f32 && amx::available() => Kernel::Amx,
+        #[cfg(target_arch = "x86_64")]
+        MatmulPrecision::Bf16 | MatmulPrecision::Bf16Avx512 if is_f32 && avx512_bf16::available() => Kernel::Avx512Bf16,
         _ => {
             let _ = is_f32;
             Kernel::GemmCrate
@@ -100,10 +123,15 @@ pub fn kernel_name<T: Float>(precision: MatmulPrecision) -> &'static str {
         (Kernel::Avx512, _) => "AVX-512F (f32)",
         #[cfg(target_arch = "x86_64")]
         (Kernel::Amx, _) => "AMX-BF16 (bf16 inputs, f32 accumulation)",
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Avx512Bf16, _) => "AVX512_BF16 (bf16 inputs, f32 accumulation)",
         (_, MatmulPrecision::F32) => "gemm crate (f32)",
         _ if !is_f32 => "gemm crate (f64; the SIMD kernels are f32 only)",
         (_, MatmulPrecision::F32Avx512) => "gemm crate (f32; AVX-512F requested but unavailable)",
-        (_, MatmulPrecision::Bf16) => "gemm crate (f32; bf16 requested but AMX-BF16 is unavailable)",
+        (_, MatmulPrecision::Bf16) => {
+            "gemm crate (f32; bf16 requested but neither AMX-BF16 nor AVX512_BF16 is available)"
+        }
+        (_, MatmulPrecision::Bf16Avx512) => "gemm crate (f32; AVX512_BF16 requested but unavailable)",
     }
 }
 
@@ -262,7 +290,7 @@ pub(crate) unsafe fn gemm_strided_with<T: Float>(
             rhs_rs,
             rhs_cs,
         };
-        // SAFETY (both kernels): `T` is `f32` (`kernel_for` picks them for f32 only), so the casts reinterpret
+        // SAFETY (every kernel): `T` is `f32` (`kernel_for` picks them for f32 only), so the casts reinterpret
         // nothing; the caller's contract is forwarded; `kernel_for` checked the CPU features (and for AMX the
         // tile permission).
         match kernel_for::<T>(precision) {
@@ -272,6 +300,10 @@ pub(crate) unsafe fn gemm_strided_with<T: Float>(
             }
             Kernel::Avx512 => {
                 unsafe { problem().run::<avx512::Avx512>(accumulate, scale.to_f32(), parallel) };
+                return;
+            }
+            Kernel::Avx512Bf16 => {
+                unsafe { problem().run::<avx512_bf16::Avx512Bf16>(accumulate, scale.to_f32(), parallel) };
                 return;
             }
             Kernel::GemmCrate => {}
