@@ -7,7 +7,9 @@ use tern_format::blocks::round_half_even;
 use tern_format::{ModelWriter, Role, ScaleKind, Shape, TensorData, TernaryLayout};
 
 use crate::engine::LinearPrecision;
-use crate::import::source::{SourceModel, SourceTensor};
+use std::borrow::Cow;
+
+use crate::import::source::{SourceModel, SourceTensor, StreamingSource};
 
 /// Smallest scale used, so an all-zero unit does not divide by zero (BitNet clamps mean|W| the same way).
 pub const MIN_SCALE: f32 = 1e-5;
@@ -65,6 +67,8 @@ pub enum ConvertError {
     BadGroup(u32),
     #[error("model: {0}")]
     Format(#[from] tern_format::FormatError),
+    #[error(transparent)]
+    Import(#[from] crate::ImportError),
 }
 
 /// Absmean ternarization of a `rows x cols` matrix. Returns the ternary values and the scales (1, `rows`, or
@@ -217,6 +221,40 @@ pub fn ptq_model_mixed(
     precisions: &[(String, LinearPrecision)],
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<ModelWriter, ConvertError> {
+    // The header is the model itself: each tensor is its own values.
+    let find = |t: &SourceTensor| -> Result<Cow<'_, SourceTensor>, ConvertError> {
+        src.tensor_by_name(&t.name)
+            .map(Cow::Borrowed)
+            .ok_or_else(|| ConvertError::Tensor {
+                name: t.name.clone(),
+                what: "not in the model".into(),
+            })
+    };
+    ptq_tensors(src, &find, opts, precisions, progress)
+}
+
+/// [`ptq_model`] reading one source tensor at a time: peak memory is the output plus a few source tensors in
+/// f32 (one per rayon thread), not the whole model.
+pub fn ptq_model_streaming(
+    src: &StreamingSource,
+    opts: &PtqOptions,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<ModelWriter, ConvertError> {
+    let read = |t: &SourceTensor| -> Result<Cow<'_, SourceTensor>, ConvertError> { Ok(src.tensor(t)?) };
+    ptq_tensors(src.header(), &read, opts, &[], progress)
+}
+
+/// The `.tern` model of `header` (config, tokenizer, metadata) with each of its tensors, as `values` returns it,
+/// converted under `opts`, in forward order. Tensors are converted in parallel a window of one per thread at a
+/// time, so at most that many source tensors are alive at once.
+fn ptq_tensors<'s>(
+    header: &SourceModel,
+    values: &(dyn Fn(&SourceTensor) -> Result<Cow<'s, SourceTensor>, ConvertError> + Sync),
+    opts: &PtqOptions,
+    precisions: &[(String, LinearPrecision)],
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<ModelWriter, ConvertError> {
+    let src = header;
     let mut w = ModelWriter::new(src.config);
     for (k, v) in &src.metadata {
         w.metadata(k, v);
@@ -238,24 +276,27 @@ pub fn ptq_model_mixed(
     if let Some(t) = &src.chat_template {
         w.chat_template(t);
     }
+    if !precisions.is_empty() {
+        w.metadata("quantization.mixed", &format!("{} integer tensors", precisions.len()));
+    }
     let total = src.tensors.len();
     // Store tensors in the order a forward pass reads them, so inference streams through the file.
     let mut ordered: Vec<&SourceTensor> = src.tensors.iter().collect();
     ordered.sort_by_key(|t| forward_order(t.role, t.layer));
-    // Tensors are independent: convert in parallel.
     use rayon::prelude::*;
     let precision_of = |name: &str| precisions.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
-    let converted: Vec<Result<TensorData, ConvertError>> = ordered
-        .par_iter()
-        .map(|t| convert_tensor_at(t, opts, precision_of(&t.name)))
-        .collect();
-    if !precisions.is_empty() {
-        w.metadata("quantization.mixed", &format!("{} integer tensors", precisions.len()));
-    }
-    for (i, t) in converted.into_iter().enumerate() {
-        let t = t?;
-        progress(i + 1, total, &t.name);
-        w.add_tensor(t)?;
+    let mut done = 0;
+    for window in ordered.chunks(rayon::current_num_threads().max(1)) {
+        let converted: Vec<Result<TensorData, ConvertError>> = window
+            .par_iter()
+            .map(|t| convert_tensor_at(values(t)?.as_ref(), opts, precision_of(&t.name)))
+            .collect();
+        for t in converted {
+            let t = t?;
+            done += 1;
+            progress(done, total, &t.name);
+            w.add_tensor(t)?;
+        }
     }
     Ok(w)
 }

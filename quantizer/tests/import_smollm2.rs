@@ -182,3 +182,39 @@ fn smollm2_loads_completely() {
         assert!(t.data.iter().all(|x| x.is_finite()), "{}", t.name);
     }
 }
+
+#[test]
+fn smollm2_streaming_conversion_writes_the_same_file_as_the_whole_model_one() {
+    // `tern convert` reads one tensor at a time (StreamingSource); the in-memory path (load everything, then
+    // convert) is the independent reference: the two files must be byte-identical.
+    use tern_quantizer::import::source::StreamingSource;
+    use tern_quantizer::ptq::{ptq_model, ptq_model_streaming, HeadFormat, PtqOptions, ScaleGranularity};
+    let opts = PtqOptions {
+        scale: ScaleGranularity::PerRow,
+        layout: tern_format::TernaryLayout::Base3,
+        head: HeadFormat::Int8,
+    };
+    let whole = ptq_model(&tern_quantizer::load(smol_path()).unwrap(), &opts, &mut |_, _, _| {})
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    let src = StreamingSource::open(smol_path()).unwrap();
+    assert!(
+        src.header().tensors.iter().all(|t| t.data.is_empty()),
+        "the header holds no values"
+    );
+    let mut seen = Vec::new();
+    let streamed = ptq_model_streaming(&src, &opts, &mut |done, total, name| {
+        seen.push((done, total, name.to_string()))
+    })
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    assert_eq!(seen.len(), 272);
+    assert_eq!(seen.last().map(|s| (s.0, s.1)), Some((272, 272)));
+    assert_eq!(whole.len(), streamed.len());
+    assert!(
+        whole == streamed,
+        "streamed conversion differs from the whole-model one"
+    );
+}

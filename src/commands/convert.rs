@@ -72,18 +72,22 @@ pub fn parse_head(s: &str) -> Result<HeadFormat, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let src = tern_quantizer::import::source::load(&args.input)
-        .with_context(|| format!("loading {}", args.input.display()))?;
     let opts = PtqOptions {
         scale: args.scale,
         layout: args.layout,
         head: args.head,
     };
+    let loading = || format!("loading {}", args.input.display());
     let writer = match args.keep {
-        Some(element) => tern_quantizer::ptq::full_precision_model(&src, element)?,
+        Some(element) => {
+            let src = tern_quantizer::import::source::load(&args.input).with_context(loading)?;
+            tern_quantizer::ptq::full_precision_model(&src, element)?
+        }
         None => {
-            let bar = crate::progress::bar(src.tensors.len() as u64, "ternarizing");
-            let w = tern_quantizer::ptq::ptq_model(&src, &opts, &mut |done, _, name| {
+            // One source tensor at a time (per thread), straight from the mapped file.
+            let src = tern_quantizer::import::source::StreamingSource::open(&args.input).with_context(loading)?;
+            let bar = crate::progress::bar(src.header().tensors.len() as u64, "ternarizing");
+            let w = tern_quantizer::ptq::ptq_model_streaming(&src, &opts, &mut |done, _, name| {
                 bar.set_position(done as u64);
                 bar.set_message(name.to_string());
             })?;

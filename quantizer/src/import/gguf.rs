@@ -142,32 +142,50 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig, ImportError> {
 
 /// Converts a parsed GGUF file into a [`SourceModel`] (not yet validated: [`crate::import::source::load`] does that).
 pub fn source_model_from_gguf(g: &GgufFile) -> Result<SourceModel, ImportError> {
+    let mut model = source_header_from_gguf(g)?;
+    let tensors = model
+        .tensors
+        .par_iter()
+        .map(|t| read_gguf_tensor(g, t))
+        .collect::<Result<Vec<_>, ImportError>>()?;
+    model.tensors = tensors;
+    Ok(model)
+}
+
+/// Tensor `t` of the header [`source_header_from_gguf`] made, with its data dequantized to f32; its pages of
+/// the mapping are released afterwards ([`GgufFile::release`]).
+pub fn read_gguf_tensor(g: &GgufFile, t: &SourceTensor) -> Result<SourceTensor, ImportError> {
+    let info = g.tensor_info(&t.name).ok_or_else(|| ImportError::MissingTensor {
+        path: g.path().to_path_buf(),
+        tensor: t.name.clone(),
+    })?;
+    let data = g.dequantize(info)?;
+    g.release(info);
+    Ok(SourceTensor { data, ..t.clone() })
+}
+
+/// Everything [`source_model_from_gguf`] reads except the tensor values: each tensor's `data` is empty (what a
+/// reader going through the model tensor by tensor needs first; [`read_gguf_tensor`] fills one in).
+pub fn source_header_from_gguf(g: &GgufFile) -> Result<SourceModel, ImportError> {
     let config = config_from_gguf(g)?;
     let tokenizer_json = tokenizer_json_from_gguf(g)?;
     let chat_template = g.get_str("tokenizer.chat_template")?.map(str::to_string);
 
-    // Map names first (cheap, and a bad name fails before any dequantization), then dequantize in parallel.
-    let mut named = Vec::with_capacity(g.tensors().len());
+    let mut tensors = Vec::with_capacity(g.tensors().len());
     for info in g.tensors() {
         let (role, layer) = parse_gguf_tensor_name(&info.name).ok_or_else(|| ImportError::UnexpectedTensor {
             path: g.path().to_path_buf(),
             tensor: info.name.clone(),
             why: "not a tensor of a Llama-family model".into(),
         })?;
-        named.push((info, role, layer));
+        tensors.push(SourceTensor {
+            name: info.name.clone(),
+            role,
+            layer,
+            shape: info.shape(),
+            data: Vec::new(),
+        });
     }
-    let tensors = named
-        .into_par_iter()
-        .map(|(info, role, layer)| {
-            Ok(SourceTensor {
-                name: info.name.clone(),
-                role,
-                layer,
-                shape: info.shape(),
-                data: g.dequantize(info)?,
-            })
-        })
-        .collect::<Result<Vec<_>, ImportError>>()?;
 
     let mut metadata = vec![
         (META_SOURCE_PATH.to_string(), g.path().display().to_string()),

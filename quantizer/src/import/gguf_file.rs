@@ -1075,6 +1075,21 @@ impl GgufFile {
             })
     }
 
+    /// Drops the pages of tensor `t` from this process's resident memory (the kernel reads them from the file
+    /// again if they are touched), so a reader going through the model tensor by tensor keeps about one
+    /// tensor's pages resident, not the whole file. Owned bytes stay as they are; a failed hint is ignored.
+    pub fn release(&self, t: &GgufTensorInfo) {
+        #[cfg(unix)]
+        if let (Storage::Mapped(map), Ok(range)) = (&self.bytes, self.byte_range(t, 0, t.n_bytes)) {
+            // SAFETY: MADV_DONTNEED on a read-only private file mapping this process never writes: the pages
+            // are dropped and refilled from the file on the next access with the same bytes (mapping the file
+            // already assumes nobody modifies it meanwhile), so no live reference into the mapping sees a change.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len()) };
+        }
+        #[cfg(not(unix))]
+        let _ = t;
+    }
+
     /// The whole tensor as f32, row-major (`shape()` order).
     pub fn dequantize(&self, t: &GgufTensorInfo) -> Result<Vec<f32>, ImportError> {
         self.dequantize_rows(t, 0, t.rows())

@@ -174,6 +174,25 @@ impl SourceModel {
     /// Checks that the config is consistent, every tensor the architecture needs exists exactly once with the
     /// shape the config implies and a matching amount of data, and no other tensor is present.
     pub fn validate(&self) -> Result<(), ImportError> {
+        self.validate_layout()?;
+        self.tensors.iter().try_for_each(|t| self.check_data(t))
+    }
+
+    /// That tensor `t` holds as many values as its shape says.
+    pub fn check_data(&self, t: &SourceTensor) -> Result<(), ImportError> {
+        let elements = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if elements != Some(t.data.len()) {
+            return Err(ImportError::BadTensor {
+                path: self.source_path(),
+                tensor: t.name.clone(),
+                problem: format!("{} values for shape {:?}", t.data.len(), t.shape),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`SourceModel::validate`] without looking at tensor values: for a header whose tensors are read later.
+    pub fn validate_layout(&self) -> Result<(), ImportError> {
         let path = self.source_path();
         self.config.validate().map_err(|source| ImportError::InvalidConfig {
             path: path.clone(),
@@ -227,14 +246,6 @@ impl SourceModel {
                     actual: t.shape.clone(),
                 });
             }
-            let elements = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            if elements != Some(t.data.len()) {
-                return Err(ImportError::BadTensor {
-                    path: path.clone(),
-                    tensor: t.name.clone(),
-                    problem: format!("{} values for shape {:?}", t.data.len(), t.shape),
-                });
-            }
         }
         let mut required: Vec<(Role, Option<u32>)> = vec![(Role::TokenEmbedding, None), (Role::OutputNorm, None)];
         if !self.config.tied_embeddings {
@@ -258,17 +269,113 @@ impl SourceModel {
 /// Loads a model: a `.gguf` file, or a Hugging Face directory containing `config.json` (and `tokenizer.json` and
 /// `*.safetensors`). The result is validated.
 pub fn load(path: impl AsRef<Path>) -> Result<SourceModel, ImportError> {
-    let path = path.as_ref();
-    let model = if path.is_dir() {
+    let model = match open_input(path.as_ref())? {
+        Input::HfDir(dir) => crate::import::hf::load_hf_dir(&dir)?,
+        Input::Gguf(gguf) => crate::import::gguf::source_model_from_gguf(&gguf)?,
+    };
+    model.validate()?;
+    Ok(model)
+}
+
+/// A model opened to be read one tensor at a time ([`StreamingSource::tensor`]): its validated description
+/// (a [`SourceModel`] whose tensors have empty `data`) and where the values come from. Peak memory is then a
+/// few tensors in f32, not the whole model: GGUF tensors are dequantized from the mapping on request and their
+/// pages released. Hugging Face directories are read whole at open (their dtype conversion and RoPE
+/// permutation run in the loader), so for them only the callers' side streams.
+pub struct StreamingSource {
+    header: SourceModel,
+    values: Values,
+}
+
+enum Values {
+    Gguf(crate::import::gguf_file::GgufFile),
+    Loaded(SourceModel),
+}
+
+impl StreamingSource {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ImportError> {
+        let (header, values) = match open_input(path.as_ref())? {
+            Input::HfDir(dir) => {
+                let model = crate::import::hf::load_hf_dir(&dir)?;
+                model.validate()?;
+                let header = SourceModel {
+                    tensors: model.tensors.iter().map(SourceTensor::clone_header).collect(),
+                    ..model.clone_header()
+                };
+                (header, Values::Loaded(model))
+            }
+            Input::Gguf(gguf) => {
+                let header = crate::import::gguf::source_header_from_gguf(&gguf)?;
+                header.validate_layout()?;
+                (header, Values::Gguf(gguf))
+            }
+        };
+        Ok(StreamingSource { header, values })
+    }
+
+    /// The model's description; its tensors' `data` are empty.
+    pub fn header(&self) -> &SourceModel {
+        &self.header
+    }
+
+    /// Header tensor `t` with its values (checked against its shape).
+    pub fn tensor(&self, t: &SourceTensor) -> Result<std::borrow::Cow<'_, SourceTensor>, ImportError> {
+        let full = match &self.values {
+            Values::Gguf(g) => std::borrow::Cow::Owned(crate::import::gguf::read_gguf_tensor(g, t)?),
+            Values::Loaded(m) => {
+                std::borrow::Cow::Borrowed(m.tensor_by_name(&t.name).ok_or_else(|| ImportError::MissingTensor {
+                    path: m.source_path(),
+                    tensor: t.name.clone(),
+                })?)
+            }
+        };
+        self.header.check_data(&full)?;
+        Ok(full)
+    }
+}
+
+impl SourceTensor {
+    /// A copy without the values.
+    fn clone_header(&self) -> SourceTensor {
+        SourceTensor {
+            name: self.name.clone(),
+            role: self.role,
+            layer: self.layer,
+            shape: self.shape.clone(),
+            data: Vec::new(),
+        }
+    }
+}
+
+impl SourceModel {
+    /// A copy without any tensor.
+    fn clone_header(&self) -> SourceModel {
+        SourceModel {
+            config: self.config,
+            tokenizer_json: self.tokenizer_json.clone(),
+            chat_template: self.chat_template.clone(),
+            metadata: self.metadata.clone(),
+            tensors: Vec::new(),
+        }
+    }
+}
+
+/// What kind of input a path is.
+enum Input {
+    HfDir(PathBuf),
+    Gguf(crate::import::gguf_file::GgufFile),
+}
+
+fn open_input(path: &Path) -> Result<Input, ImportError> {
+    Ok(if path.is_dir() {
         if !path.join("config.json").is_file() {
             return Err(ImportError::UnrecognizedInput {
                 path: path.to_path_buf(),
             });
         }
-        crate::import::hf::load_hf_dir(path)?
+        Input::HfDir(path.to_path_buf())
     } else if path.is_file() {
-        let gguf = crate::import::gguf_file::GgufFile::open(path)?;
-        crate::import::gguf::source_model_from_gguf(&gguf)?
+        Input::Gguf(crate::import::gguf_file::GgufFile::open(path)?)
     } else if !path.exists() {
         return Err(ImportError::Io {
             path: path.to_path_buf(),
@@ -279,9 +386,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<SourceModel, ImportError> {
         return Err(ImportError::UnrecognizedInput {
             path: path.to_path_buf(),
         });
-    };
-    model.validate()?;
-    Ok(model)
+    })
 }
 
 #[cfg(test)]
