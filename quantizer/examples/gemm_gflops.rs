@@ -234,7 +234,13 @@ fn precisions() -> Vec<MatmulPrecision> {
         Some(p) if p == "f32" => vec![MatmulPrecision::F32],
         Some(p) if p == "f32-avx512" => vec![MatmulPrecision::F32Avx512],
         Some(p) if p == "bf16" => vec![MatmulPrecision::Bf16],
-        _ => vec![MatmulPrecision::F32, MatmulPrecision::F32Avx512, MatmulPrecision::Bf16],
+        Some(p) if p == "bf16-avx512" => vec![MatmulPrecision::Bf16Avx512],
+        _ => vec![
+            MatmulPrecision::F32,
+            MatmulPrecision::F32Avx512,
+            MatmulPrecision::Bf16,
+            MatmulPrecision::Bf16Avx512,
+        ],
     }
 }
 
@@ -242,7 +248,8 @@ fn label(precision: MatmulPrecision) -> &'static str {
     match precision {
         MatmulPrecision::F32 => "f32 gemm  ",
         MatmulPrecision::F32Avx512 => "f32 avx512",
-        MatmulPrecision::Bf16 => "bf16 amx  ",
+        MatmulPrecision::Bf16 => "bf16      ",
+        MatmulPrecision::Bf16Avx512 => "bf16 avx512",
     }
 }
 
