@@ -2,6 +2,8 @@
 
 use core::fmt;
 
+use crate::layout::MAX_TENSORS;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FormatError {
@@ -60,6 +62,10 @@ pub enum FormatError {
     /// Element type and scale granularity do not go together (e.g. f32 with scales, int8 without per-row).
     ScaleMismatch,
     SizeOverflow,
+    /// Writer: a count, length or offset does not fit the 32-bit field the format stores it in.
+    FieldOverflow(&'static str),
+    /// Writer: a tensor's layer is `NO_LAYER`, the sentinel that the parser reads as "no layer".
+    ReservedLayer,
     /// Writer: a tensor's data or scale buffer length disagrees with its shape.
     LengthMismatch {
         expected: u64,
@@ -94,7 +100,7 @@ impl fmt::Display for FormatError {
             BadTensor { index, what } => write!(f, "tensor #{index}: {what}"),
             TensorChecksum { index } => write!(f, "tensor #{index}: checksum mismatch (file corrupt)"),
             DuplicateTensorName { index } => write!(f, "tensor #{index}: name used twice"),
-            TooManyTensors(n) => write!(f, "tensor directory claims {n} tensors (limit 8192)"),
+            TooManyTensors(n) => write!(f, "{n} tensors in the directory (limit {MAX_TENSORS})"),
             UnknownElementType(t) => write!(f, "unknown element type code {t}"),
             UnknownScaleKind(k) => write!(f, "unknown scale kind code {k}"),
             UnknownRole(r) => write!(f, "unknown tensor role code {r}"),
@@ -102,6 +108,8 @@ impl fmt::Display for FormatError {
             BadShape => write!(f, "shape must have 1 to 4 non-zero dimensions"),
             ScaleMismatch => write!(f, "element type does not accept this scale granularity"),
             SizeOverflow => write!(f, "tensor size overflows 64 bits"),
+            FieldOverflow(what) => write!(f, "{what} does not fit its 32-bit field in the file"),
+            ReservedLayer => write!(f, "layer index u32::MAX is reserved for \"no layer\""),
             LengthMismatch { expected, actual } => {
                 write!(
                     f,

@@ -341,24 +341,29 @@ impl<'a> ModelView<'a> {
     }
 
     fn raw_entry(&self, index: u32) -> Result<RawEntry, FormatError> {
-        let start = index as usize * TENSOR_ENTRY_BYTES;
-        let b = self
-            .directory
-            .get(start..start + TENSOR_ENTRY_BYTES)
-            .ok_or(FormatError::BadTensor {
-                index,
-                what: "index past the directory",
-            })?;
+        let past = FormatError::BadTensor {
+            index,
+            what: "index past the directory",
+        };
+        let start = usize::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_mul(TENSOR_ENTRY_BYTES))
+            .ok_or(past)?;
+        let end = start.checked_add(TENSOR_ENTRY_BYTES).ok_or(past)?;
+        let b = self.directory.get(start..end).ok_or(past)?;
         RawEntry::decode(b, index)
     }
 
     fn resolve(&self, index: u32, e: &RawEntry) -> Result<TensorView<'a>, FormatError> {
         let bad = |what| FormatError::BadTensor { index, what };
-        let name_start = e.name_offset as usize;
-        let name = self
-            .strings
-            .get(name_start..name_start + e.name_len as usize)
-            .ok_or(bad("name lies outside the string table"))?;
+        // Offset and length are file-derived u32s: their sum can exceed a 32-bit target's usize.
+        let outside = bad("name lies outside the string table");
+        let name_start = usize::try_from(e.name_offset).map_err(|_| outside)?;
+        let name_end = usize::try_from(e.name_len)
+            .ok()
+            .and_then(|len| name_start.checked_add(len))
+            .ok_or(outside)?;
+        let name = self.strings.get(name_start..name_end).ok_or(outside)?;
         let name = core::str::from_utf8(name).map_err(|_| bad("name is not UTF-8"))?;
         if name.is_empty() {
             return Err(bad("empty name"));

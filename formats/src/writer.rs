@@ -12,7 +12,8 @@ use crate::config::ModelConfig;
 use crate::dtype::{tensor_bytes, ElementType, ScaleKind, Shape};
 use crate::error::FormatError;
 use crate::layout::{
-    section, tokenizer_kind, ALIGN, HEADER_BYTES, MAGIC, NO_LAYER, SECTION_ENTRY_BYTES, TENSOR_ENTRY_BYTES, VERSION,
+    section, tokenizer_kind, ALIGN, HEADER_BYTES, MAGIC, MAX_SECTIONS, MAX_TENSORS, NO_LAYER, SECTION_ENTRY_BYTES,
+    TENSOR_ENTRY_BYTES, VERSION,
 };
 use crate::le::Writer;
 use crate::tensor::Role;
@@ -38,8 +39,13 @@ pub enum TernaryLayout {
 }
 
 impl TensorData {
-    /// Checks lengths against type, granularity and shape.
+    /// Checks what the parser checks of one entry: lengths against type, granularity and shape, the group
+    /// size, the name, and the layer index against the role.
     pub fn validate(&self) -> Result<(), FormatError> {
+        // The parser's own decoding of the on-disk (kind, group) pair, so both accept the same group sizes
+        // (and a zero group never reaches the division in `ScaleKind::count`).
+        let (kind, group) = self.scale.code();
+        ScaleKind::from_code(kind, group)?;
         let (data, scales) = tensor_bytes(self.dtype, self.scale, &self.shape)?;
         if self.data.len() as u64 != data {
             return Err(FormatError::LengthMismatch {
@@ -56,6 +62,10 @@ impl TensorData {
         if self.name.is_empty() || self.role.is_per_layer() != self.layer.is_some() {
             return Err(FormatError::BadShape);
         }
+        if self.layer == Some(NO_LAYER) {
+            return Err(FormatError::ReservedLayer);
+        }
+        u32::try_from(self.name.len()).map_err(|_| FormatError::FieldOverflow("tensor name length"))?;
         Ok(())
     }
 
@@ -220,12 +230,18 @@ impl ModelWriter {
         self.chat_template = Some(template.into());
         self
     }
-    /// Adds a tensor after checking its lengths; names must be unique.
+    /// Adds a tensor after checking it as the parser will (`TensorData::validate`); names must be unique and
+    /// there are at most `MAX_TENSORS`.
     pub fn add_tensor(&mut self, t: TensorData) -> Result<&mut Self, FormatError> {
         t.validate()?;
+        let count = self.tensors.len() as u64 + 1;
+        if count > MAX_TENSORS {
+            return Err(FormatError::TooManyTensors(count));
+        }
         if self.tensors.iter().any(|e| e.name == t.name) {
             return Err(FormatError::DuplicateTensorName {
-                index: self.tensors.len() as u32,
+                // Below MAX_TENSORS, checked above.
+                index: u32::try_from(self.tensors.len()).map_err(|_| FormatError::TooManyTensors(count))?,
             });
         }
         self.tensors.push(t);
@@ -235,31 +251,44 @@ impl ModelWriter {
         &self.tensors
     }
 
-    /// Serialises the model. The result parses with `ModelView::parse`.
+    /// Serialises the model. The result parses with `ModelView::parse`: whatever the parser would reject
+    /// (config invariants, tensor count, lengths past their 32-bit fields, a non-UTF-8 tokenizer) is an error
+    /// here instead.
     pub fn to_bytes(&self) -> Result<Vec<u8>, FormatError> {
         self.config.validate()?;
+        let field = |n: usize, what: &'static str| u32::try_from(n).map_err(|_| FormatError::FieldOverflow(what));
+        let tensor_count = self.tensors.len() as u64;
+        if tensor_count > MAX_TENSORS {
+            return Err(FormatError::TooManyTensors(tensor_count));
+        }
         // Section payloads.
         let mut config = Vec::new();
         self.config.encode(&mut Writer::new(&mut config));
         let mut meta = Vec::new();
         {
             let mut w = Writer::new(&mut meta);
-            w.u32(self.metadata.len() as u32);
+            w.u32(field(self.metadata.len(), "metadata entry count")?);
             for (k, v) in &self.metadata {
-                w.u32(k.len() as u32);
+                w.u32(field(k.len(), "metadata key length")?);
                 w.bytes(k.as_bytes());
-                w.u32(v.len() as u32);
+                w.u32(field(v.len(), "metadata value length")?);
                 w.bytes(v.as_bytes());
             }
         }
         let mut strings = Vec::new();
         let mut name_spans = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
-            name_spans.push((strings.len() as u32, t.name.len() as u32));
+            name_spans.push((
+                field(strings.len(), "tensor name offset")?,
+                field(t.name.len(), "tensor name length")?,
+            ));
             strings.extend_from_slice(t.name.as_bytes());
         }
         let mut sections: Vec<(u32, Vec<u8>)> = vec![(section::CONFIG, config), (section::METADATA, meta)];
         if let Some(json) = &self.tokenizer_json {
+            if core::str::from_utf8(json).is_err() {
+                return Err(FormatError::BadTokenizer("tokenizer.json is not UTF-8"));
+            }
             let mut b = Vec::with_capacity(json.len() + 4);
             b.extend_from_slice(&tokenizer_kind::HF_JSON.to_le_bytes());
             b.extend_from_slice(json);
@@ -272,22 +301,33 @@ impl ModelWriter {
         let dir_len = 8 + self.tensors.len() * TENSOR_ENTRY_BYTES;
         sections.push((section::TENSORS, vec![0u8; dir_len])); // filled once offsets are known
 
+        let section_count = field(sections.len(), "section count")?;
+        if section_count > MAX_SECTIONS {
+            return Err(FormatError::BadHeader("section count must be 1 to 64"));
+        }
+
         // Lay out: header, section table, sections, tensors — every start 64-aligned.
-        let align = |x: usize| x.div_ceil(ALIGN) * ALIGN;
+        // The end of `len` bytes placed at `at`, rounded up to the next start (a 32-bit target's usize can
+        // overflow on a multi-gigabyte model).
+        let place = |at: usize, len: usize| {
+            at.checked_add(len)
+                .and_then(|end| end.checked_next_multiple_of(ALIGN))
+                .ok_or(FormatError::SizeOverflow)
+        };
         let table_len = sections.len() * SECTION_ENTRY_BYTES;
-        let mut cursor = align(HEADER_BYTES + table_len);
+        let mut cursor = place(HEADER_BYTES, table_len)?;
         let mut section_offsets = Vec::with_capacity(sections.len());
         for (_, b) in &sections {
             section_offsets.push(cursor);
-            cursor = align(cursor + b.len());
+            cursor = place(cursor, b.len())?;
         }
         let mut tensor_offsets = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
             let data = cursor;
-            cursor = align(cursor + t.data.len());
+            cursor = place(cursor, t.data.len())?;
             let scales = if t.scales.is_empty() { 0 } else { cursor };
             if !t.scales.is_empty() {
-                cursor = align(cursor + 4 * t.scales.len());
+                cursor = place(cursor, core::mem::size_of_val(t.scales.as_slice()))?;
             }
             tensor_offsets.push((data, scales));
         }
@@ -297,7 +337,7 @@ impl ModelWriter {
         let mut dir = Vec::with_capacity(dir_len);
         {
             let mut w = Writer::new(&mut dir);
-            w.u32(self.tensors.len() as u32);
+            w.u32(field(self.tensors.len(), "tensor count")?);
             w.u32(0);
             for ((t, &(name_off, name_len)), &(data_off, scales_off)) in
                 self.tensors.iter().zip(&name_spans).zip(&tensor_offsets)
@@ -307,7 +347,7 @@ impl ModelWriter {
                 w.u32(t.role as u32);
                 w.u32(t.layer.unwrap_or(NO_LAYER));
                 w.u32(t.dtype as u32);
-                w.u32(t.shape.dims().len() as u32);
+                w.u32(field(t.shape.dims().len(), "dimension count")?);
                 for i in 0..4 {
                     w.u64(t.shape.dims().get(i).copied().unwrap_or(0));
                 }
@@ -347,7 +387,7 @@ impl ModelWriter {
             w.u32(VERSION);
             w.u32(HEADER_BYTES as u32);
             w.u64(file_len as u64);
-            w.u32(sections.len() as u32);
+            w.u32(section_count);
             w.u32(0);
             w.u64(HEADER_BYTES as u64);
         }

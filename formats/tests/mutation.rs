@@ -10,33 +10,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tern_format::{AlignedBytes, FormatError, ModelView, ParseOptions};
 
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
-}
-
-/// Recomputes section CRCs and the header CRC where the table is still readable.
-fn reseal(b: &mut [u8]) {
-    if b.len() < 64 {
-        return;
-    }
-    let n = (u32::from_le_bytes(b[24..28].try_into().unwrap()) as usize).min(64);
-    if b.len() < 64 + 24 * n {
-        return;
-    }
-    for i in 0..n {
-        let e = 64 + 24 * i;
-        let (off, len) = (u64_at(b, e + 8), u64_at(b, e + 16));
-        if let Some(end) = off.checked_add(len) {
-            if end <= b.len() as u64 {
-                let crc = crc32fast::hash(&b[off as usize..end as usize]);
-                b[e + 4..e + 8].copy_from_slice(&crc.to_le_bytes());
-            }
-        }
-    }
-    let crc = crc32fast::hash(&[&b[..40], &b[64..64 + 24 * n]].concat());
-    b[40..44].copy_from_slice(&crc.to_le_bytes());
-}
-
 fn mutate(rng: &mut ChaCha8Rng, base: &[u8]) -> Vec<u8> {
     let mut b = base.to_vec();
     let interesting: [u64; 8] = [0, 1, 63, 64, u32::MAX as u64, u64::MAX, 1 << 40, base.len() as u64];
@@ -79,12 +52,12 @@ fn mutate(rng: &mut ChaCha8Rng, base: &[u8]) -> Vec<u8> {
         }
     }
     if rng.gen_bool(0.8) {
-        reseal(&mut b);
+        common::reseal(&mut b);
         // Keep the recorded file size honest half the time so truncations reach the inner checks.
         if b.len() >= 24 && rng.gen_bool(0.5) {
             let n = b.len() as u64;
             b[16..24].copy_from_slice(&n.to_le_bytes());
-            reseal(&mut b);
+            common::reseal(&mut b);
         }
     }
     b

@@ -84,6 +84,58 @@ pub struct CheckpointState {
     pub extra: serde_json::Value,
 }
 
+/// Serialises a run's configuration or a stage's state for [`CheckpointState`]. A failure is an error, never
+/// an empty record that a resume would misread as "nothing stored".
+pub fn state_json<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<serde_json::Value, CheckpointError> {
+    serde_json::to_value(value).map_err(|e| CheckpointError::Unwritable(format!("{what}: {e}")))
+}
+
+/// serde `with` module for an f64 in the state JSON, stored as its IEEE-754 bits (a JSON integer): JSON has no
+/// NaN or infinity (serde_json writes them as `null`, which does not read back as a number), and serde_json's
+/// default float parser is not guaranteed to give back the same bits. Reads plain JSON numbers too (files
+/// written before values were stored as bits).
+pub mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(x.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        // serde_json always writes a finite f64 with a fraction or exponent, so an old value never reads as
+        // an integer and is never mistaken for a bit pattern.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Bits(u64),
+            Number(f64),
+        }
+        Ok(match Stored::deserialize(d)? {
+            Stored::Bits(b) => f64::from_bits(b),
+            Stored::Number(x) => x,
+        })
+    }
+}
+
+impl CheckpointState {
+    /// Entry `key` of the stage state, decoded: `None` when absent, an error when present but unreadable (a
+    /// resume must not silently restart what the file says it had reached).
+    pub fn extra_field<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        path: &Path,
+    ) -> Result<Option<T>, CheckpointError> {
+        self.extra
+            .get(key)
+            .map(|v| T::deserialize(v))
+            .transpose()
+            .map_err(|e| CheckpointError::BadState {
+                path: path.to_path_buf(),
+                message: format!("{key}: {e}"),
+            })
+    }
+}
+
 /// One parameter tensor with its AdamW moments (`m` and `v` empty when the checkpoint does not store them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointTensor {
@@ -484,6 +536,45 @@ mod tests {
         let mut c = sample();
         c.tensors[0].v.pop();
         assert!(matches!(c.encode(), Err(CheckpointError::Unwritable(_))));
+    }
+
+    #[test]
+    fn non_finite_floats_in_the_stage_state_round_trip_as_bits() {
+        #[derive(Serialize, Deserialize)]
+        struct Loss(#[serde(with = "f64_bits")] f64);
+        // Non-finite values, a negative zero, a subnormal, and values whose shortest decimal is long.
+        let values = [
+            f64::NAN,
+            -f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.0,
+            5e-324,
+            0.1 + 0.2,
+            1.0 / 3.0,
+            f64::from_bits(0x3fb9_9999_9999_999a),
+        ];
+        let mut c = sample();
+        let stored: Vec<Loss> = values.iter().map(|&x| Loss(x)).collect();
+        c.state.extra = serde_json::json!({ "losses": state_json(&stored, "losses").unwrap() });
+        let back = Checkpoint::decode(&c.encode().unwrap(), Path::new("x")).unwrap();
+        let read: Vec<Loss> = back.state.extra_field("losses", Path::new("x")).unwrap().unwrap();
+        let bits = |xs: &mut dyn Iterator<Item = f64>| xs.map(f64::to_bits).collect::<Vec<_>>();
+        assert_eq!(bits(&mut read.iter().map(|l| l.0)), bits(&mut values.iter().copied()));
+        // What plain JSON numbers would have done with the same state: NaN comes back as null, unreadable.
+        let plain = serde_json::to_value(values).unwrap();
+        assert!(plain[0].is_null());
+        // Files written before the bits: plain numbers still read.
+        c.state.extra = serde_json::json!({ "losses": [0.5, 2.0] });
+        let read: Vec<Loss> = c.state.extra_field("losses", Path::new("x")).unwrap().unwrap();
+        assert_eq!((read[0].0, read[1].0), (0.5, 2.0));
+        // A present but unreadable entry is an error naming it, not "absent".
+        c.state.extra = serde_json::json!({ "losses": [null] });
+        match c.state.extra_field::<Vec<Loss>>("losses", Path::new("x")) {
+            Err(CheckpointError::BadState { message, .. }) => assert!(message.starts_with("losses"), "{message}"),
+            other => panic!("expected BadState, got {:?}", other.map(|o| o.map(|v| v.len()))),
+        }
+        assert!(c.state.extra_field::<u64>("absent", Path::new("x")).unwrap().is_none());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
     checkpoint_path, latest_checkpoint, list_checkpoints, prune_checkpoints, remove_stale_temp_files, Checkpoint,
-    CheckpointError, CheckpointState, CheckpointTensor,
+    state_json, CheckpointError, CheckpointState, CheckpointTensor,
 };
 use crate::data::{check_vocab, held_out_batches, train_batch, DataError, DataOrder, Fnv64, HostBatch, PackedData};
 use crate::engine::{
@@ -270,13 +270,16 @@ impl TrainConfig {
         self.windows_per_step() * self.seq_len as u64
     }
 
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    fn to_json(&self) -> Result<serde_json::Value, CheckpointError> {
+        state_json(self, "the run's config")
     }
 
     /// Weight-affecting fields whose values differ from a checkpoint's config, as `name: checkpoint → now`.
     pub fn resume_differences(&self, stored: &serde_json::Value) -> Vec<String> {
-        let now = self.to_json();
+        let now = match self.to_json() {
+            Ok(now) => now,
+            Err(e) => return vec![e.to_string()],
+        };
         let (Some(now), Some(stored)) = (now.as_object(), stored.as_object()) else {
             return vec!["the checkpoint's config is not an object".into()];
         };
@@ -495,7 +498,20 @@ pub enum TrainEvent<'a> {
     },
     /// Hestia: the soft-vs-hard gap after the last step.
     SoftHardGap(&'a SoftHardGap),
+    /// Resuming: a checkpoint newer than the one resumed from did not read (`reason`), and was passed over.
+    SkippedCheckpoint {
+        path: &'a Path,
+        reason: &'a str,
+    },
 }
+
+/// Where a Hestia run's per-tensor temperature scales are in the checkpoint's stage state.
+const TEMPERATURE_SCALES_KEY: &str = "temperature_scales";
+
+/// One tensor's temperature scale as the checkpoint stores it: `[name, f64 bits]`, so a resume gets the exact
+/// scale back (the scales set the soft quantizer's temperature, so they affect the weights).
+#[derive(Serialize, Deserialize)]
+struct TemperatureScale(String, #[serde(with = "crate::checkpoint::f64_bits")] f64);
 
 pub struct TrainOutcome {
     pub layout: ParamLayout,
@@ -680,6 +696,9 @@ pub fn train_from<B: Backend<Elem = f32>>(
     if resume {
         remove_stale_temp_files(run_dir);
         let latest = latest_checkpoint(run_dir)?;
+        for (path, reason) in &latest.skipped {
+            observer(TrainEvent::SkippedCheckpoint { path, reason });
+        }
         let (path, ckpt) = (latest.path, latest.checkpoint);
         let differences = config.resume_differences(&ckpt.state.config);
         if !differences.is_empty() {
@@ -701,9 +720,8 @@ pub fn train_from<B: Backend<Elem = f32>>(
         ckpt.check_layout(&expected, &path)?;
         let Checkpoint { state, tensors } = ckpt;
         stored_scales = state
-            .extra
-            .get("temperature_scales")
-            .and_then(|v| serde_json::from_value(v.clone()).ok());
+            .extra_field::<Vec<TemperatureScale>>(TEMPERATURE_SCALES_KEY, &path)?
+            .map(|scales| scales.into_iter().map(|s| (s.0, s.1)).collect());
         let (mut w, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new());
         for t in tensors {
             w.push(t.weights);
@@ -760,7 +778,8 @@ pub fn train_from<B: Backend<Elem = f32>>(
         _ => None,
     };
     let checkpoint_extra = if control.is_some() {
-        serde_json::json!({ "temperature_scales": scales_by_name })
+        let stored: Vec<TemperatureScale> = scales_by_name.iter().map(|(n, c)| TemperatureScale(n.clone(), *c)).collect();
+        serde_json::json!({ TEMPERATURE_SCALES_KEY: state_json(&stored, "the temperature scales")? })
     } else {
         serde_json::Value::Null
     };
@@ -926,7 +945,7 @@ pub fn train_from<B: Backend<Elem = f32>>(
                 elapsed_s: elapsed,
                 data_fingerprint: data_fp,
                 model_fingerprint: model_fp,
-                config: config.to_json(),
+                config: config.to_json()?,
                 extra: checkpoint_extra.clone(),
             };
             let path = write_checkpoint(

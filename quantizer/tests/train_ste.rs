@@ -10,7 +10,9 @@ use tern_quantizer::engine::{CpuBackend, NonFiniteSource, ParamLayout, ScaleGrou
 use tern_quantizer::metrics::{read_metrics, METRICS_FILE};
 use tern_quantizer::teacher::{generate_teacher_data, TeacherDataOptions};
 use tern_quantizer::tiny::{tiny_random_model, TINY_EOS, TINY_VOCAB};
-use tern_quantizer::train::{check_export_matches_engine, train, DebugOptions, TrainConfig, TrainError, TrainOutcome};
+use tern_quantizer::train::{
+    check_export_matches_engine, train, DebugOptions, TrainConfig, TrainError, TrainEvent, TrainOutcome,
+};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tern-train-ste-{name}-{}", std::process::id()));
@@ -133,14 +135,37 @@ fn resuming_from_a_middle_checkpoint_is_bit_identical() {
     // A second run directory that holds only the step-6 checkpoint (as if killed after step 6).
     let part_dir = temp_dir("resume-part");
     std::fs::copy(checkpoint_path(&full_dir, 6), checkpoint_path(&part_dir, 6)).unwrap();
+    // And a newer step-9 checkpoint cut short (a disk that filled up): the resume must pass over it, say so,
+    // and continue from step 6.
+    let torn = checkpoint_path(&part_dir, 9);
+    let step9 = std::fs::read(checkpoint_path(&full_dir, 9)).unwrap();
+    std::fs::write(&torn, &step9[..step9.len() / 2]).unwrap();
     // Checkpoint and eval cadence may change on resume; weight-affecting settings may not.
     let resumed_config = TrainConfig {
         checkpoint_every: 2,
         eval_every: 0,
         ..config.clone()
     };
-    let resumed = run(&resumed_config, &part_dir, true, &DebugOptions::default()).unwrap();
+    let mut skipped = Vec::new();
+    let resumed = train(
+        &CpuBackend::<f32>::new(),
+        &tiny_random_model(1),
+        &tiny_data(resumed_config.seq_len),
+        &resumed_config,
+        &part_dir,
+        true,
+        &DebugOptions::default(),
+        &mut |e| {
+            if let TrainEvent::SkippedCheckpoint { path, reason } = e {
+                skipped.push((path.to_path_buf(), reason.to_string()));
+            }
+        },
+    )
+    .unwrap();
     assert_eq!(resumed.resumed_from, Some(checkpoint_path(&part_dir, 6)));
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].0, torn);
+    assert!(skipped[0].1.contains("corrupt"), "reason: {}", skipped[0].1);
     assert!(
         bits(&resumed.latent) == bits(&full.latent),
         "resumed weights differ from the uninterrupted run"

@@ -654,6 +654,13 @@ impl Ui {
         }
     }
 
+    fn skipped_checkpoint(&self, path: &std::path::Path, reason: &str) {
+        self.log(format!(
+            "warning: passing over the damaged checkpoint {}: {reason}",
+            path.display()
+        ));
+    }
+
     fn new_bar(&mut self, len: u64, what: &str) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
@@ -807,6 +814,7 @@ impl Ui {
                     ));
                 }
             }
+            TrainEvent::SkippedCheckpoint { path, reason } => self.skipped_checkpoint(path, reason),
             TrainEvent::Checkpoint { .. } | TrainEvent::SoftHardGap(_) => {}
         }
     }
@@ -849,6 +857,7 @@ impl Ui {
                 "block {}: held-out MSE {:.4e} (PTQ) → {:.4e} in {:.0} s",
                 rep.layer, rep.loss_before, rep.loss_after, rep.seconds
             )),
+            BlockwiseEvent::SkippedCheckpoint { path, reason } => self.skipped_checkpoint(path, reason),
             BlockwiseEvent::Checkpoint { .. } => {}
         }
     }

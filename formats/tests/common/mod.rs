@@ -105,3 +105,44 @@ pub fn tiny_writer() -> ModelWriter {
     .unwrap();
     w
 }
+
+pub fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+pub fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+
+/// Recomputes section CRCs and the header CRC where the table is still readable.
+pub fn reseal(b: &mut [u8]) {
+    if b.len() < 64 {
+        return;
+    }
+    let n = (u32::from_le_bytes(b[24..28].try_into().unwrap()) as usize).min(64);
+    if b.len() < 64 + 24 * n {
+        return;
+    }
+    for i in 0..n {
+        let e = 64 + 24 * i;
+        let (off, len) = (u64_at(b, e + 8), u64_at(b, e + 16));
+        if let Some(end) = off.checked_add(len) {
+            if end <= b.len() as u64 {
+                let crc = crc32fast::hash(&b[off as usize..end as usize]);
+                b[e + 4..e + 8].copy_from_slice(&crc.to_le_bytes());
+            }
+        }
+    }
+    let crc = crc32fast::hash(&[&b[..40], &b[64..64 + 24 * n]].concat());
+    b[40..44].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Byte offset of the section of `kind` (read from the section table, as FORMAT.md §3 lays it out).
+pub fn section_offset(b: &[u8], kind: u32) -> usize {
+    let n = u32_at(b, 24) as usize;
+    (0..n)
+        .map(|i| 64 + 24 * i)
+        .find(|&e| u32_at(b, e) == kind)
+        .map(|e| u64_at(b, e + 8) as usize)
+        .expect("section present")
+}

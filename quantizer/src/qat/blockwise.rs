@@ -22,8 +22,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    checkpoint_path, latest_checkpoint, list_checkpoints, prune_checkpoints, remove_stale_temp_files, Checkpoint,
-    CheckpointState, CheckpointTensor,
+    checkpoint_path, latest_checkpoint, list_checkpoints, prune_checkpoints, remove_stale_temp_files, state_json,
+    Checkpoint, CheckpointError, CheckpointState, CheckpointTensor,
 };
 use crate::data::{DataOrder, Fnv64, HostBatch, PackedData};
 use crate::engine::{
@@ -161,12 +161,15 @@ impl BlockwiseConfig {
         }
     }
 
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    fn to_json(&self) -> Result<serde_json::Value, CheckpointError> {
+        state_json(self, "the stage's config")
     }
 
     fn resume_differences(&self, stored: &serde_json::Value) -> Vec<String> {
-        let now = self.to_json();
+        let now = match self.to_json() {
+            Ok(now) => now,
+            Err(e) => return vec![e.to_string()],
+        };
         let (Some(now), Some(stored)) = (now.as_object(), stored.as_object()) else {
             return vec!["the checkpoint's config is not an object".into()];
         };
@@ -201,6 +204,11 @@ pub enum BlockwiseEvent<'a> {
     Checkpoint {
         path: &'a Path,
     },
+    /// Resuming: a checkpoint newer than the one resumed from did not read (`reason`), and was passed over.
+    SkippedCheckpoint {
+        path: &'a Path,
+        reason: &'a str,
+    },
 }
 
 /// Held-out MSE of one block, hard-quantized, before and after its training.
@@ -210,6 +218,41 @@ pub struct BlockReport {
     pub loss_before: f64,
     pub loss_after: f64,
     pub seconds: f64,
+}
+
+/// A [`BlockReport`] as the checkpoint stores it: floats as their bits, so a non-finite loss (a diverged
+/// block) reads back as itself instead of failing to parse.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct StoredReport {
+    layer: usize,
+    #[serde(with = "crate::checkpoint::f64_bits")]
+    loss_before: f64,
+    #[serde(with = "crate::checkpoint::f64_bits")]
+    loss_after: f64,
+    #[serde(with = "crate::checkpoint::f64_bits")]
+    seconds: f64,
+}
+
+impl From<BlockReport> for StoredReport {
+    fn from(r: BlockReport) -> Self {
+        Self {
+            layer: r.layer,
+            loss_before: r.loss_before,
+            loss_after: r.loss_after,
+            seconds: r.seconds,
+        }
+    }
+}
+
+impl From<StoredReport> for BlockReport {
+    fn from(r: StoredReport) -> Self {
+        Self {
+            layer: r.layer,
+            loss_before: r.loss_before,
+            loss_after: r.loss_after,
+            seconds: r.seconds,
+        }
+    }
 }
 
 pub struct BlockwiseOutcome {
@@ -296,6 +339,9 @@ pub fn train_blockwise<B: Backend<Elem = f32>>(
     if resume {
         remove_stale_temp_files(run_dir);
         let latest = latest_checkpoint(run_dir)?;
+        for (path, reason) in &latest.skipped {
+            observer(BlockwiseEvent::SkippedCheckpoint { path, reason });
+        }
         let (path, ckpt) = (latest.path, latest.checkpoint);
         let differences = config.resume_differences(&ckpt.state.config);
         if !differences.is_empty() {
@@ -309,13 +355,15 @@ pub fn train_blockwise<B: Backend<Elem = f32>>(
         }
         let expected: Vec<(String, usize)> = layout.specs.iter().map(|s| (s.name.clone(), s.numel())).collect();
         ckpt.check_layout(&expected, &path)?;
-        let extra = &ckpt.state.extra;
-        layer0 = extra.get("layer").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-        step0 = extra.get("step_in_block").and_then(|v| v.as_u64()).unwrap_or(0);
-        reports = extra
-            .get("reports")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default();
+        let state = &ckpt.state;
+        layer0 = state.extra_field::<usize>("layer", &path)?.unwrap_or(0);
+        step0 = state.extra_field::<u64>("step_in_block", &path)?.unwrap_or(0);
+        reports = state
+            .extra_field::<Vec<StoredReport>>("reports", &path)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(BlockReport::from)
+            .collect();
         elapsed_before = ckpt.state.elapsed_s;
         let (mut ms, mut vs) = (Vec::new(), Vec::new());
         latent = Vec::with_capacity(ckpt.tensors.len());
@@ -831,16 +879,14 @@ fn write_block_checkpoint(
         elapsed_s,
         data_fingerprint: data_fp,
         model_fingerprint: model_fp,
-        config: config.to_json(),
+        config: config.to_json()?,
         extra: serde_json::json!({
             "layer": layer,
             "step_in_block": step_in_block,
-            "reports": reports.iter().map(|r| serde_json::json!({
-                "layer": r.layer,
-                "loss_before": r.loss_before,
-                "loss_after": if r.loss_after.is_finite() { r.loss_after } else { -1.0 },
-                "seconds": r.seconds,
-            })).collect::<Vec<_>>(),
+            "reports": state_json(&reports.iter().map(|r| StoredReport {
+                loss_after: if r.loss_after.is_finite() { r.loss_after } else { -1.0 },
+                ..StoredReport::from(**r)
+            }).collect::<Vec<_>>(), "the block reports")?,
         }),
     };
     let path = checkpoint_path(run_dir, global_step);

@@ -6,13 +6,17 @@ use rayon::prelude::*;
 
 use super::embedding::SendPtr;
 use crate::engine::backend::AttentionDims;
+use crate::engine::error::EngineResult;
 use crate::engine::matmul::{gemm_strided_with, MatmulPrecision};
 use crate::engine::scalar::Float;
+use crate::engine::shapes::{check_attention_dims, same_len};
 
 /// Rows of the score matrix computed per GEMM: causal masking lets row tile `[r0, r1)` stop at column `r1`,
 /// which skips about half of the work.
 const CAUSAL_TILE: usize = 64;
 
+/// Checks its own dimensions and lengths: the strided GEMMs below address whole buffers through raw pointers
+/// and are in bounds only if these hold.
 pub(crate) fn forward_cpu<T: Float>(
     out: &mut [T],
     probs: &mut [T],
@@ -21,7 +25,13 @@ pub(crate) fn forward_cpu<T: Float>(
     v: &[T],
     d: AttentionDims,
     precision: MatmulPrecision,
-) {
+) -> EngineResult<()> {
+    check_attention_dims(&d)?;
+    same_len("attention_forward", "q", q.len(), d.rows() * d.q_dim())?;
+    same_len("attention_forward", "out", out.len(), d.rows() * d.q_dim())?;
+    same_len("attention_forward", "k", k.len(), d.rows() * d.kv_dim())?;
+    same_len("attention_forward", "v", v.len(), d.rows() * d.kv_dim())?;
+    same_len("attention_forward", "probs", probs.len(), d.probs_len())?;
     let (t, nh, hd) = (d.seq_len, d.n_heads, d.head_dim);
     let group = nh / d.n_kv_heads;
     let (qd, kvd) = (d.q_dim(), d.kv_dim());
@@ -96,8 +106,10 @@ pub(crate) fn forward_cpu<T: Float>(
             }
         }
     });
+    Ok(())
 }
 
+/// Checks its own dimensions and lengths, as `forward_cpu` does.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_cpu<T: Float>(
     dq: &mut [T],
@@ -111,7 +123,22 @@ pub(crate) fn backward_cpu<T: Float>(
     probs: &[T],
     d: AttentionDims,
     precision: MatmulPrecision,
-) {
+) -> EngineResult<()> {
+    check_attention_dims(&d)?;
+    let (qn, kvn) = (d.rows() * d.q_dim(), d.rows() * d.kv_dim());
+    for (what, len, want) in [
+        ("dq", dq.len(), qn),
+        ("dout", dout.len(), qn),
+        ("q", q.len(), qn),
+        ("dk", dk.len(), kvn),
+        ("dv", dv.len(), kvn),
+        ("k", k.len(), kvn),
+        ("v", v.len(), kvn),
+        ("probs", probs.len(), d.probs_len()),
+        ("scratch", scratch.len(), d.probs_len()),
+    ] {
+        same_len("attention_backward", what, len, want)?;
+    }
     let (t, nh, nkv, hd) = (d.seq_len, d.n_heads, d.n_kv_heads, d.head_dim);
     let group = nh / nkv;
     let (qd, kvd) = (d.q_dim(), d.kv_dim());
@@ -238,4 +265,5 @@ pub(crate) fn backward_cpu<T: Float>(
             }
         }
     });
+    Ok(())
 }

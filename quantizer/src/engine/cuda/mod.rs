@@ -460,8 +460,32 @@ impl CudaBackend {
         means_at: usize,
         out_at: usize,
     ) -> EngineResult<()> {
+        ensure(group_len > 0 && w.len % group_len == 0, "weight quantizer", || {
+            format!("{} weights are not whole scale groups of {group_len}", w.len)
+        })?;
+        if let Some(g) = g {
+            ensure(g.len == w.len, "weight quantizer", || {
+                format!("gradient has {} elements, weights {}", g.len, w.len)
+            })?;
+        }
         let groups = w.len / group_len;
         let chunks = group_len.div_ceil(GROUP_CHUNK);
+        // The kernels write through raw device pointers into the scratch: check here that the three regions
+        // fit it and that the partials end before `means` and `out` start.
+        let scratch_len = s.f64s.len();
+        ensure(
+            groups * chunks <= means_at.min(out_at)
+                && means_at + groups <= scratch_len
+                && out_at + groups <= scratch_len,
+            "weight quantizer",
+            || {
+                format!(
+                    "scratch of {scratch_len} f64 does not hold {} partials, means at {means_at} and out at {out_at} \
+                     ({groups} groups)",
+                    groups * chunks
+                )
+            },
+        )?;
         ensure(chunks <= 65_535, "weight quantizer", || {
             format!(
                 "a scale group of {group_len} weights exceeds the CUDA kernels' {} per group",
@@ -475,7 +499,7 @@ impl CudaBackend {
         let g_ptr = g.map_or(Arg::Ptr(0), |g| self.p(g));
         // SAFETY: group_partial(w, g, mean, group_len, chunk_len, chunks_per_group, temperature, mode, partial):
         // w (and g in mode 1) hold groups·group_len elements, mean holds `groups` f64 (read in mode 1), partial
-        // groups·chunks f64; the caller sized the scratch for partial, means and out.
+        // groups·chunks f64; the scratch holds partial, means and out (checked above).
         unsafe {
             self.launch(
                 "group_partial",
@@ -525,13 +549,20 @@ impl CudaBackend {
 
     /// First pass of Σx² or Σa·b into `slots[slot]` (f64 scratch after `partial_len` partials).
     fn reduce_into_slot(&self, s: &Scratch, a: &CudaBuf, b: Option<&CudaBuf>, slot: usize) -> EngineResult<()> {
+        if let Some(b) = b {
+            ensure(b.len == a.len, "dot", || format!("operands of {} and {} elements", a.len, b.len))?;
+        }
+        // The kernels write 1024 partials and then slot `slot` after them through raw device pointers.
+        ensure(s.f64s.len() > 1024 + slot, "reduction", || {
+            format!("scratch of {} f64 has no slot {slot} after the 1024 partials", s.f64s.len())
+        })?;
         let n = a.len as u64;
         let blocks = blocks_for(n).min(1024);
         let partial = self.ptr(&s.f64s);
         let slots = partial + 1024 * 8;
         // SAFETY: sum_squares_partial(x, n, partial) / dot_partial(a, b, n, partial) read n elements and write
         // `blocks` ≤ 1024 partials; sum_partials(partial, count, out, slot) writes slots[slot], inside the scratch
-        // (sized by the caller for 1024 + slots).
+        // (checked above to hold 1024 partials and the slot).
         unsafe {
             match b {
                 None => self.launch(
