@@ -31,7 +31,7 @@ pub use config::{Architecture, ModelConfig, RopeScaling, RopeStyle, NO_TOKEN};
 pub use dtype::{ElementType, ScaleKind, Shape};
 pub use error::FormatError;
 #[cfg(feature = "std")]
-pub use mapped::{write_atomic, MapError, MappedFile};
+pub use mapped::{write_atomic, write_atomic_with, MapError, MappedFile, WriteError};
 pub use tensor::{Role, TensorView};
 pub use view::{ModelView, ParseOptions, TokenizerData, ViewLayout};
 #[cfg(feature = "alloc")]

@@ -55,7 +55,14 @@ impl std::ops::Deref for MappedFile {
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, then rename, so a crash
 /// leaves either the old file or the new one, never a torn one.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] with the contents written by `fill` (through a buffer) instead of taken from one slice.
+pub fn write_atomic_with(
+    path: impl AsRef<Path>,
+    fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let path = path.as_ref();
     let dir = path
         .parent()
@@ -67,8 +74,9 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> std::io::Result<()>
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        fill(&mut f)?;
+        let f = f.into_inner().map_err(std::io::IntoInnerError::into_error)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         // Persist the rename itself.
@@ -81,4 +89,41 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> std::io::Result<()>
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Why [`crate::ModelWriter::write_file`] failed: the model does not serialise, or the file could not be written.
+#[derive(Debug)]
+pub enum WriteError {
+    Format(crate::FormatError),
+    Io(std::io::Error),
+}
+
+impl From<crate::FormatError> for WriteError {
+    fn from(e: crate::FormatError) -> Self {
+        WriteError::Format(e)
+    }
+}
+
+impl From<std::io::Error> for WriteError {
+    fn from(e: std::io::Error) -> Self {
+        WriteError::Io(e)
+    }
+}
+
+impl core::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            WriteError::Format(e) => write!(f, "{e}"),
+            WriteError::Io(e) => write!(f, "writing the model file: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WriteError::Format(e) => Some(e),
+            WriteError::Io(e) => Some(e),
+        }
+    }
 }

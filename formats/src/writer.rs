@@ -255,6 +255,57 @@ impl ModelWriter {
     /// (config invariants, tensor count, lengths past their 32-bit fields, a non-UTF-8 tokenizer) is an error
     /// here instead.
     pub fn to_bytes(&self) -> Result<Vec<u8>, FormatError> {
+        let encoded = self.encode()?;
+        let mut out = encoded.head;
+        out.reserve(encoded.file_len.saturating_sub(out.len()));
+        for (t, &(data_off, scales_off)) in self.tensors.iter().zip(&encoded.tensor_offsets) {
+            out.resize(data_off, 0);
+            out.extend_from_slice(&t.data);
+            if !t.scales.is_empty() {
+                out.resize(scales_off, 0);
+                out.extend_from_slice(bytemuck::cast_slice(&t.scales));
+            }
+        }
+        out.resize(encoded.file_len, 0);
+        Ok(out)
+    }
+
+    /// Writes the model to `path` atomically (a temporary file renamed over it), the same bytes as
+    /// [`ModelWriter::to_bytes`] but streamed: only the header and sections are built in memory, never a second
+    /// copy of the tensor data.
+    #[cfg(feature = "std")]
+    pub fn write_file(&self, path: impl AsRef<std::path::Path>) -> Result<u64, crate::mapped::WriteError> {
+        use std::io::Write;
+        let encoded = self.encode()?;
+        crate::mapped::write_atomic_with(path, |f| {
+            let mut at = 0usize;
+            let mut put = |f: &mut dyn Write, offset: usize, bytes: &[u8]| -> std::io::Result<()> {
+                // Zero padding up to the aligned start, then the bytes.
+                const ZEROS: [u8; ALIGN] = [0; ALIGN];
+                while at < offset {
+                    let n = (offset - at).min(ALIGN);
+                    f.write_all(&ZEROS[..n])?;
+                    at += n;
+                }
+                f.write_all(bytes)?;
+                at += bytes.len();
+                Ok(())
+            };
+            put(f, 0, &encoded.head)?;
+            for (t, &(data_off, scales_off)) in self.tensors.iter().zip(&encoded.tensor_offsets) {
+                put(f, data_off, &t.data)?;
+                if !t.scales.is_empty() {
+                    put(f, scales_off, bytemuck::cast_slice(&t.scales))?;
+                }
+            }
+            put(f, encoded.file_len, &[])
+        })?;
+        Ok(encoded.file_len as u64)
+    }
+
+    /// The file's layout: header, section table and sections as bytes, where each tensor's data and scales go,
+    /// and the file length.
+    fn encode(&self) -> Result<Encoded, FormatError> {
         self.config.validate()?;
         let field = |n: usize, what: &'static str| u32::try_from(n).map_err(|_| FormatError::FieldOverflow(what));
         let tensor_count = self.tensors.len() as u64;
@@ -370,7 +421,7 @@ impl ModelWriter {
             last.1 = dir;
         }
 
-        let mut out = Vec::with_capacity(file_len);
+        let mut out = Vec::new();
         let mut table = Vec::with_capacity(table_len);
         {
             let mut w = Writer::new(&mut table);
@@ -401,15 +452,19 @@ impl ModelWriter {
             out.resize(off, 0);
             out.extend_from_slice(b);
         }
-        for (t, &(data_off, scales_off)) in self.tensors.iter().zip(&tensor_offsets) {
-            out.resize(data_off, 0);
-            out.extend_from_slice(&t.data);
-            if !t.scales.is_empty() {
-                out.resize(scales_off, 0);
-                out.extend_from_slice(bytemuck::cast_slice(&t.scales));
-            }
-        }
-        out.resize(file_len, 0);
-        Ok(out)
+        Ok(Encoded {
+            head: out,
+            tensor_offsets,
+            file_len,
+        })
     }
+}
+
+/// [`ModelWriter::encode`]'s result.
+struct Encoded {
+    /// Bytes `[0, end of the last section)`.
+    head: Vec<u8>,
+    /// Offsets of each tensor's data and scales (0 when it has none).
+    tensor_offsets: Vec<(usize, usize)>,
+    file_len: usize,
 }

@@ -97,3 +97,32 @@ fn fixture_bytes_are_stable() {
         panic!("writer output differs from the golden file at byte {i}");
     }
 }
+
+#[test]
+fn streamed_file_equals_the_golden_bytes_and_leaves_no_temporary() {
+    // `write_file` streams header, sections and tensors with their padding; the committed fixture (and
+    // `to_bytes`) are the reference.
+    let dir = std::env::temp_dir().join(format!("tern-golden-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.tern");
+    let writer = common::tiny_writer();
+    let written = writer.write_file(&path).unwrap();
+    let streamed = std::fs::read(&path).unwrap();
+    let golden = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny.tern")).unwrap();
+    assert_eq!(written, streamed.len() as u64);
+    assert!(
+        streamed == golden,
+        "streamed file differs from tests/fixtures/tiny.tern"
+    );
+    assert!(streamed == writer.to_bytes().unwrap());
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("tiny.tern")],
+        "only the renamed file remains"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

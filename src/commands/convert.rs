@@ -95,14 +95,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             w
         }
     };
-    let bytes = writer.to_bytes()?;
-    tern_format::write_atomic(&args.output, &bytes).with_context(|| format!("writing {}", args.output.display()))?;
-    let view = tern_format::ModelView::parse(&tern_format::AlignedBytes::from_slice(&bytes))?.tensor_count();
-    eprintln!(
-        "wrote {} ({} bytes, {} tensors)",
-        args.output.display(),
-        bytes.len(),
-        view
-    );
+    let written = writer
+        .write_file(&args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    drop(writer);
+    // Read the file back as any user of it will: every offset, length and checksum validated.
+    let file = tern_format::MappedFile::open(&args.output)?;
+    let tensors = tern_format::ModelView::parse(&file)?.tensor_count();
+    eprintln!("wrote {} ({written} bytes, {tensors} tensors)", args.output.display());
     Ok(())
 }
