@@ -37,7 +37,8 @@ pub mod token_type {
 pub const SUPPORTED_MODELS: &str = "llama (SentencePiece BPE), gpt2 (byte-level BPE)";
 /// The `tokenizer.ggml.pre` values this module reads for `gpt2` vocabularies.
 pub const SUPPORTED_PRE: &str = "default, gpt-2, phi-2, mpt, olmo, smollm, starcoder, refact, command-r, \
-                                 llama-bpe, llama3, llama-v3, falcon3, qwen2, deepseek-r1-qwen, stablelm2, falcon";
+                                 llama-bpe, llama3, llama-v3, falcon3, qwen2, deepseek-r1-qwen, stablelm2, falcon, \
+                                 deepseek-coder";
 
 /// The Llama-3 pre-tokenizer regex (llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`; Meta's tokenizer.json `Split`).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -110,6 +111,22 @@ pub const BYTE_LEVEL_PRE: &[BytePre] = &[
     BytePre {
         names: &["stablelm2"],
         pre_tokenizer: || splits_then_bytes(&[QWEN2_PATTERN]),
+        normalizer: no_normalizer,
+        ignore_merges: false,
+    },
+    // DeepSeek Coder: newlines, letter runs and punctuation runs (each after an optional space), CJK runs, single
+    // digits.
+    BytePre {
+        names: &["deepseek-coder"],
+        pre_tokenizer: || {
+            splits_then_bytes(&[
+                r"[\r\n]",
+                r"\s?\p{L}+",
+                r"\s?\p{P}+",
+                r"[一-龥ࠀ-一가-퟿]+",
+                r"\p{N}",
+            ])
+        },
         normalizer: no_normalizer,
         ignore_merges: false,
     },
@@ -444,6 +461,19 @@ pub fn tokenizer_json_from_gguf(g: &GgufFile) -> Result<Vec<u8>, ImportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hugging Face's extractor order: by the merged piece's score (highest first), then by the parts' ids; byte
+    /// and control tokens take no part; splits are by character, not byte.
+    #[test]
+    fn sentencepiece_merges_follow_scores() {
+        let tokens = ["<s>", "<0x41>", "a", "b", "é", "ab", "bé", "abé", "ab<s>"];
+        let scores = [0.0, 0.0, -1.0, -2.0, -3.0, -5.0, -4.0, -6.0, -0.5];
+        let mergeable = [false, false, true, true, true, true, true, true, true];
+        assert_eq!(
+            sentencepiece_merges(&tokens, &scores, &mergeable),
+            vec![("b", "é"), ("a", "b"), ("a", "bé"), ("ab", "é")]
+        );
+    }
 
     #[test]
     fn merges_split_at_first_space_after_first_byte() {
