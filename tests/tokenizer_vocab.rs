@@ -183,3 +183,32 @@ fn tern_tokenize_command_matches_the_reference() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("'bert'"));
 }
+
+/// A Hugging Face directory's `tokenizer.json` is used as it is, with BOS/EOS from `config.json` and `add_bos_token`
+/// from `tokenizer_config.json`: the synthesised tokenizers of a SentencePiece and a byte-level vocabulary, written
+/// as such directories, give llama.cpp's expected ids too.
+#[test]
+fn hugging_face_directories_tokenize_like_their_gguf() {
+    for (name, add_bos) in [("llama-spm", true), ("gpt-2", false)] {
+        let g = GgufFile::open(gguf(name)).unwrap();
+        let dir = std::env::temp_dir().join(format!("tern-tokvocab-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), tokenizer_json_from_gguf(&g).unwrap()).unwrap();
+        std::fs::write(dir.join("config.json"), r#"{"bos_token_id": 7, "eos_token_id": 8}"#).unwrap();
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            format!(r#"{{"add_bos_token": {add_bos}}}"#),
+        )
+        .unwrap();
+        let tok = load_tokenizer(&dir).unwrap();
+        for (text, want) in cases(name) {
+            assert_eq!(tok.encode(&text).unwrap(), want, "{name} {text:?}");
+        }
+        let bos: Vec<u32> = if add_bos { vec![7] } else { vec![] };
+        assert_eq!(
+            tok.encode_prompt("Hello world").unwrap(),
+            [bos, tok.encode("Hello world").unwrap()].concat()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
