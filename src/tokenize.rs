@@ -28,7 +28,9 @@ pub fn source_kind(path: &Path) -> anyhow::Result<TokenizerSource> {
     }
     let mut head = [0u8; 8];
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let n = f.read(&mut head).with_context(|| format!("reading {}", path.display()))?;
+    let n = f
+        .read(&mut head)
+        .with_context(|| format!("reading {}", path.display()))?;
     let head = head.get(..n).unwrap_or_default();
     if head == MAGIC {
         Ok(TokenizerSource::Tern)

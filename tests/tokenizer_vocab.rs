@@ -50,8 +50,7 @@ fn cases(name: &str) -> Vec<(String, Vec<u32>)> {
     let base = gguf(name);
     let read = |ext: &str| {
         let p = PathBuf::from(format!("{}.{ext}", base.display()));
-        std::fs::read_to_string(&p)
-            .unwrap_or_else(|e| panic!("{}: {e}: run scripts/fetch-assets.sh", p.display()))
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}: run scripts/fetch-assets.sh", p.display()))
     };
     let (inp, out) = (read("inp"), read("out"));
     const SEP: &str = "\n__ggml_vocab_test__\n";
@@ -73,7 +72,11 @@ fn cases(name: &str) -> Vec<(String, Vec<u32>)> {
         .lines()
         .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
         .collect();
-    assert_eq!(texts.len(), expected.len(), "{name}: .inp and .out disagree on the number of cases");
+    assert_eq!(
+        texts.len(),
+        expected.len(),
+        "{name}: .inp and .out disagree on the number of cases"
+    );
     assert!(texts.len() > 30, "{name}: only {} cases", texts.len());
     texts.into_iter().zip(expected).collect()
 }
@@ -107,7 +110,13 @@ fn llama_cpp_vocab_cases_tokenize_exactly() {
 /// prefix space), byte tokens and partial UTF-8 characters included.
 #[test]
 fn pieces_concatenate_to_the_text() {
-    for (name, prefix) in [("llama-spm", " "), ("phi-3", " "), ("llama-bpe", ""), ("gpt-2", ""), ("qwen2", "")] {
+    for (name, prefix) in [
+        ("llama-spm", " "),
+        ("phi-3", " "),
+        ("llama-bpe", ""),
+        ("gpt-2", ""),
+        ("qwen2", ""),
+    ] {
         let tok = load_tokenizer(&gguf(name)).unwrap();
         for (text, _) in cases(name) {
             if text.is_empty() {
@@ -165,9 +174,16 @@ fn tern_tokenize_command_matches_the_reference() {
     for name in ["llama-spm", "llama-bpe"] {
         let path = gguf(name);
         let p = path.to_str().unwrap();
-        for (text, want) in cases(name).into_iter().filter(|(t, _)| !t.is_empty() && !t.starts_with('-')).take(6) {
+        for (text, want) in cases(name)
+            .into_iter()
+            .filter(|(t, _)| !t.is_empty() && !t.starts_with('-'))
+            .take(6)
+        {
             let want: Vec<String> = want.iter().map(u32::to_string).collect();
-            assert_eq!(run(&[p, "--no-bos", "--ids-only", "-p", &text]), format!("{}\n", want.join(" ")));
+            assert_eq!(
+                run(&[p, "--no-bos", "--ids-only", "-p", &text]),
+                format!("{}\n", want.join(" "))
+            );
         }
     }
     // llama-spm: BOS 1 then "▁Hello" (15043) and "▁world" (3186), as llama-tokenize prints them.

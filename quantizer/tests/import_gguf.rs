@@ -468,7 +468,10 @@ fn pre_tokenizer_types_split_digits_as_llama_cpp_defines_them() {
                 let msg = e.to_string();
                 assert!(msg.contains(&format!("{key} = '{value}'")), "{msg}");
             }
-            other => panic!("{kv_model}/{kv_pre}: expected UnsupportedTokenizer, got {:?}", other.map(|j| j.len())),
+            other => panic!(
+                "{kv_model}/{kv_pre}: expected UnsupportedTokenizer, got {:?}",
+                other.map(|j| j.len())
+            ),
         }
     }
     // Broken vocabularies are typed errors too.

@@ -87,7 +87,10 @@ fn byte_of_symbol(c: char) -> Option<u8> {
         return if printable(c) { u8::try_from(c).ok() } else { None };
     }
     let n = c - 256;
-    (0u32..256).filter(|&b| !printable(b)).nth(n as usize).and_then(|b| u8::try_from(b).ok())
+    (0u32..256)
+        .filter(|&b| !printable(b))
+        .nth(n as usize)
+        .and_then(|b| u8::try_from(b).ok())
 }
 
 /// `<0xNN>` (a SentencePiece byte token) → the byte.
@@ -197,7 +200,12 @@ impl Tokenizer {
     /// `<0xNN>` as its byte, an added token's text as is. Pieces need not be valid UTF-8 (part of a character).
     pub fn piece(&self, id: u32) -> Option<Vec<u8>> {
         let tok = self.inner.id_to_token(id)?;
-        if self.inner.get_added_vocabulary().get_added_tokens_decoder().contains_key(&id) {
+        if self
+            .inner
+            .get_added_vocabulary()
+            .get_added_tokens_decoder()
+            .contains_key(&id)
+        {
             return Some(tok.into_bytes());
         }
         if self.byte_level {

@@ -13,8 +13,8 @@ use serde_json::Value;
 use tern_format::{Architecture, ModelConfig, Role, RopeScaling, RopeStyle, NO_TOKEN};
 
 use crate::error::ImportError;
-use crate::import::tokenizer::{SpecialTokens, VocabTokenizer};
 use crate::import::source::{gguf_tensor_name, SourceModel, SourceTensor, META_SOURCE_FORMAT, META_SOURCE_PATH};
+use crate::import::tokenizer::{SpecialTokens, VocabTokenizer};
 
 /// `architectures` values this importer reads.
 pub const SUPPORTED_HF_ARCHS: &str = "LlamaForCausalLM, BitNetForCausalLM";

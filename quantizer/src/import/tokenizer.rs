@@ -43,7 +43,8 @@ pub const SUPPORTED_PRE: &str = "default, gpt-2, phi-2, mpt, olmo, smollm, starc
 /// The Llama-3 pre-tokenizer regex (llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`; Meta's tokenizer.json `Split`).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's: Llama 3's with single digits (llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN2`; Qwen2's tokenizer.json).
-const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// How one `tokenizer.ggml.pre` value is expressed in `tokenizer.json`.
 pub struct BytePre {
@@ -118,15 +119,7 @@ pub const BYTE_LEVEL_PRE: &[BytePre] = &[
     // digits.
     BytePre {
         names: &["deepseek-coder"],
-        pre_tokenizer: || {
-            splits_then_bytes(&[
-                r"[\r\n]",
-                r"\s?\p{L}+",
-                r"\s?\p{P}+",
-                r"[一-龥ࠀ-一가-퟿]+",
-                r"\p{N}",
-            ])
-        },
+        pre_tokenizer: || splits_then_bytes(&[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"]),
         normalizer: no_normalizer,
         ignore_merges: false,
     },
@@ -262,13 +255,20 @@ fn sentencepiece_merges<'a>(tokens: &[&'a str], scores: &[f64], mergeable: &[boo
             continue;
         }
         for (pos, _) in tok.char_indices().skip(1) {
-            let (Some(l), Some(r)) = (tok.get(..pos), tok.get(pos..)) else { continue };
+            let (Some(l), Some(r)) = (tok.get(..pos), tok.get(pos..)) else {
+                continue;
+            };
             if let (Some(&li), Some(&ri)) = (ids.get(l), ids.get(r)) {
                 merges.push((scores.get(id).copied().unwrap_or(0.0), id, li, ri));
             }
         }
     }
-    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
+    merges.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(a.1.cmp(&b.1))
+            .then(a.2.cmp(&b.2))
+            .then(a.3.cmp(&b.3))
+    });
     merges
         .into_iter()
         .filter_map(|(_, _, l, r)| Some((*tokens.get(l)?, *tokens.get(r)?)))
