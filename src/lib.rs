@@ -4,3 +4,4 @@
 pub mod cpu;
 pub mod membw;
 pub mod synthetic;
+pub mod tokenize;

@@ -32,6 +32,8 @@ enum Command {
     Run(commands::run::Args),
     /// Prompt and generation speed (llama-bench's tests), weight bytes per token and the memory roofline.
     Bench(Box<commands::bench::Args>),
+    /// Token ids of a text (like llama-tokenize), from a .tern model, a GGUF vocabulary or a Hugging Face directory.
+    Tokenize(commands::tokenize::Args),
     /// Perplexity of a .tern model on a text file, computed as llama.cpp's llama-perplexity does.
     Perplexity(commands::perplexity::Args),
     /// Time the training engine's optimizer steps on the CPU or CUDA backend (and dump the model and batch for
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Plot(a) => commands::plot::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Bench(a) => commands::bench::run(*a),
+        Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Perplexity(a) => commands::perplexity::run(a),
         Command::TrainBench(a) => commands::train_bench::run(a),
     };

@@ -107,6 +107,16 @@ pub enum ImportError {
     #[error("{}: tokenizer: {problem}", .path.display())]
     Tokenizer { path: PathBuf, problem: String },
 
+    /// A GGUF tokenizer kind (`tokenizer.ggml.model`) or pre-tokenizer (`tokenizer.ggml.pre`) that the importer
+    /// cannot express as a Hugging Face `tokenizer.json`.
+    #[error("{}: unsupported tokenizer: {key} = '{value}' (supported: {supported})", .path.display())]
+    UnsupportedTokenizer {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        supported: &'static str,
+    },
+
     /// The hyper-parameters read from the file are inconsistent (checked by `ModelConfig::validate`).
     #[error("{}: invalid model config: {source}", .path.display())]
     InvalidConfig {
@@ -140,6 +150,7 @@ impl ImportError {
             | Json { path, .. }
             | Safetensors { path, .. }
             | Tokenizer { path, .. }
+            | UnsupportedTokenizer { path, .. }
             | InvalidConfig { path, .. } => path,
         }
     }

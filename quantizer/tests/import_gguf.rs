@@ -432,6 +432,8 @@ fn pre_tokenizer_types_split_digits_as_llama_cpp_defines_them() {
         ("gpt-2", vec![id_12, id_34]),
         ("llama-bpe", vec![id_123, digit('4')]),
         ("smollm", vec![digit('1'), digit('2'), digit('3'), digit('4')]),
+        ("qwen2", vec![digit('1'), digit('2'), digit('3'), digit('4')]),
+        ("default", vec![id_123, digit('4')]),
     ] {
         let g = gguf_with_metadata(&[
             ("tokenizer.ggml.model", MetaValue::String("gpt2".into())),
@@ -448,10 +450,32 @@ fn pre_tokenizer_types_split_digits_as_llama_cpp_defines_them() {
             "{pre}"
         );
     }
-    // Unsupported tokenizer kinds and broken vocabularies are typed errors.
+    // Unsupported tokenizer kinds and pre-tokenizers are typed errors naming them.
+    for (kv_model, kv_pre, key, value) in [
+        ("bert", "default", "tokenizer.ggml.model", "bert"),
+        ("t5", "default", "tokenizer.ggml.model", "t5"),
+        ("gpt2", "deepseek-llm", "tokenizer.ggml.pre", "deepseek-llm"),
+        ("gpt2", "no-such-pre", "tokenizer.ggml.pre", "no-such-pre"),
+    ] {
+        let g = gguf_with_metadata(&[
+            ("tokenizer.ggml.model", MetaValue::String(kv_model.into())),
+            ("tokenizer.ggml.pre", MetaValue::String(kv_pre.into())),
+            ("tokenizer.ggml.tokens", strings(&tokens)),
+            ("tokenizer.ggml.merges", strings(&merges)),
+        ]);
+        match tokenizer_json_from_gguf(&g) {
+            Err(e @ ImportError::UnsupportedTokenizer { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains(&format!("{key} = '{value}'")), "{msg}");
+            }
+            other => panic!(
+                "{kv_model}/{kv_pre}: expected UnsupportedTokenizer, got {:?}",
+                other.map(|j| j.len())
+            ),
+        }
+    }
+    // Broken vocabularies are typed errors too.
     for (kv_model, kv_pre, kv_merges, what) in [
-        ("llama", "default", merges.clone(), "SentencePiece"),
-        ("gpt2", "qwen2", merges.clone(), "unknown pre-tokenizer"),
         (
             "gpt2",
             "gpt-2",

@@ -65,6 +65,41 @@ pub struct Tokenizer {
     add_bos: bool,
     stop: Vec<u32>,
     template: String,
+    /// The decoder maps GPT-2's byte symbols back to bytes (byte-level BPE).
+    byte_level: bool,
+}
+
+fn has_byte_level(d: &tokenizers::DecoderWrapper) -> bool {
+    use tokenizers::DecoderWrapper as D;
+    match d {
+        D::ByteLevel(_) => true,
+        D::Sequence(s) => s.get_decoders().iter().any(has_byte_level),
+        _ => false,
+    }
+}
+
+/// GPT-2's byte-level alphabet: the symbol of every byte (printable Latin-1 bytes stand for themselves, the
+/// others map to U+0100 onwards in byte order).
+fn byte_of_symbol(c: char) -> Option<u8> {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let c = u32::from(c);
+    if c < 256 {
+        return if printable(c) { u8::try_from(c).ok() } else { None };
+    }
+    let n = c - 256;
+    (0u32..256)
+        .filter(|&b| !printable(b))
+        .nth(n as usize)
+        .and_then(|b| u8::try_from(b).ok())
+}
+
+/// `<0xNN>` (a SentencePiece byte token) → the byte.
+fn byte_token(t: &str) -> Option<u8> {
+    let hex = t.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
 }
 
 impl Tokenizer {
@@ -78,9 +113,26 @@ impl Tokenizer {
 
     /// A Hugging Face `tokenizer.json` with the model's special-token ids and optional chat template.
     pub fn from_json(json: &[u8], config: &ModelConfig, chat_template: Option<&str>) -> Result<Self, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(err)?;
         let id = |t: u32| (t != NO_TOKEN).then_some(t);
-        let eos = id(config.eos_token);
+        Self::new(
+            json,
+            id(config.bos_token),
+            id(config.eos_token),
+            config.add_bos,
+            chat_template,
+        )
+    }
+
+    /// A Hugging Face `tokenizer.json` with BOS/EOS ids, whether prompts start with BOS and an optional chat
+    /// template: for a vocabulary without a model (`tern tokenize` on a vocabulary-only GGUF).
+    pub fn new(
+        json: &[u8],
+        bos: Option<u32>,
+        eos: Option<u32>,
+        add_bos: bool,
+        chat_template: Option<&str>,
+    ) -> Result<Self, TokenizerError> {
+        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(err)?;
         let mut stop: Vec<u32> = eos.into_iter().collect();
         for t in END_OF_TURN {
             if let Some(i) = inner.token_to_id(t) {
@@ -94,13 +146,15 @@ impl Tokenizer {
             _ if inner.token_to_id("<|im_start|>").is_some() => CHATML.to_string(),
             _ => PLAIN.to_string(),
         };
+        let byte_level = inner.get_decoder().is_some_and(has_byte_level);
         Ok(Self {
             inner,
-            bos: id(config.bos_token),
+            bos,
             eos,
-            add_bos: config.add_bos,
+            add_bos,
             stop,
             template,
+            byte_level,
         })
     }
 
@@ -139,6 +193,31 @@ impl Tokenizer {
         }
         ids.extend(self.encode(text)?);
         Ok(ids)
+    }
+
+    /// The bytes one token stands for, as llama.cpp's `token_to_piece` gives them (with special tokens shown):
+    /// a byte-level symbol string mapped back to its bytes, a SentencePiece piece with `▁` as a space and
+    /// `<0xNN>` as its byte, an added token's text as is. Pieces need not be valid UTF-8 (part of a character).
+    pub fn piece(&self, id: u32) -> Option<Vec<u8>> {
+        let tok = self.inner.id_to_token(id)?;
+        if self
+            .inner
+            .get_added_vocabulary()
+            .get_added_tokens_decoder()
+            .contains_key(&id)
+        {
+            return Some(tok.into_bytes());
+        }
+        if self.byte_level {
+            if let Some(bytes) = tok.chars().map(byte_of_symbol).collect::<Option<Vec<u8>>>() {
+                return Some(bytes);
+            }
+            return Some(tok.into_bytes());
+        }
+        if let Some(b) = byte_token(&tok) {
+            return Some(vec![b]);
+        }
+        Some(tok.replace('\u{2581}', " ").into_bytes())
     }
 
     /// Text of `ids`; special tokens are dropped when `skip_special`.

@@ -8,6 +8,7 @@ pub mod perplexity;
 pub mod plot;
 pub mod quantize;
 pub mod run;
+pub mod tokenize;
 pub mod train_bench;
 
 /// Sizes rayon's global pool (the training engine's threads) when `--threads` was given; default: all cores.

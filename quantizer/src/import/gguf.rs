@@ -7,7 +7,7 @@ use tern_format::{Architecture, ModelConfig, RopeScaling, RopeStyle, NO_TOKEN};
 use crate::error::ImportError;
 use crate::import::gguf_file::{GgufFile, MetaValue};
 use crate::import::source::{parse_gguf_tensor_name, SourceModel, SourceTensor, META_SOURCE_FORMAT, META_SOURCE_PATH};
-use crate::import::tokenizer::tokenizer_json_from_gguf;
+use crate::import::tokenizer::{gguf_special_tokens, tokenizer_json_from_gguf};
 
 /// Architectures (`general.architecture`) this importer reads from GGUF.
 pub const SUPPORTED_GGUF_ARCHS: &str = "llama";
@@ -114,9 +114,8 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig, ImportError> {
         }
     }
     let token = |k: &str| -> Result<u32, ImportError> { Ok(g.get_u32(k)?.unwrap_or(NO_TOKEN)) };
-    let pre = g.get_str("tokenizer.ggml.pre")?;
-    // llama.cpp adds BOS by default for the Llama-3 pre-tokenizer and not for the GPT-2-style ones.
-    let add_bos_default = matches!(pre, Some("llama-bpe" | "llama3"));
+    // BOS/EOS and whether to add BOS, with llama.cpp's defaults for the vocabulary kind.
+    let special = gguf_special_tokens(g)?;
 
     Ok(ModelConfig {
         arch,
@@ -133,10 +132,10 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig, ImportError> {
         rope_style: RopeStyle::Interleaved,
         norm_eps,
         tied_embeddings: g.tensor_info("output.weight").is_none(),
-        bos_token: token("tokenizer.ggml.bos_token_id")?,
-        eos_token: token("tokenizer.ggml.eos_token_id")?,
+        bos_token: special.bos.unwrap_or(NO_TOKEN),
+        eos_token: special.eos.unwrap_or(NO_TOKEN),
         pad_token: token("tokenizer.ggml.padding_token_id")?,
-        add_bos: g.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(add_bos_default),
+        add_bos: special.add_bos,
     })
 }
 

@@ -1211,6 +1211,21 @@ impl GgufFile {
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
     }
+    /// An array of numbers (f32, f64 or integers) as f64.
+    pub fn get_f64_array(&self, key: &str) -> Result<Option<Vec<f64>>, ImportError> {
+        let Some(v) = self.get(key) else { return Ok(None) };
+        let items = v
+            .as_array()
+            .ok_or_else(|| self.bad_key(key, format!("expected an array, found {:?}", v.meta_type())))?;
+        items
+            .iter()
+            .map(|i| {
+                i.as_f64()
+                    .ok_or_else(|| self.bad_key(key, "expected an array of numbers".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
 }
 
 #[cfg(test)]

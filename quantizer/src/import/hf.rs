@@ -14,6 +14,7 @@ use tern_format::{Architecture, ModelConfig, Role, RopeScaling, RopeStyle, NO_TO
 
 use crate::error::ImportError;
 use crate::import::source::{gguf_tensor_name, SourceModel, SourceTensor, META_SOURCE_FORMAT, META_SOURCE_PATH};
+use crate::import::tokenizer::{SpecialTokens, VocabTokenizer};
 
 /// `architectures` values this importer reads.
 pub const SUPPORTED_HF_ARCHS: &str = "LlamaForCausalLM, BitNetForCausalLM";
@@ -522,11 +523,16 @@ fn to_f32(path: &Path, name: &str, view: &safetensors::tensor::TensorView<'_>) -
     })
 }
 
-/// Loads a Hugging Face model directory (not yet validated: [`crate::import::source::load`] does that).
-pub fn load_hf_dir(dir: &Path) -> Result<SourceModel, ImportError> {
-    let config_path = dir.join("config.json");
-    let config_json = read_json(&config_path)?;
+/// What a Hugging Face directory says about its tokenizer: `tokenizer.json` (verbatim), whether prompts start
+/// with BOS (`tokenizer_config.json`'s `add_bos_token`, else whether the post-processor inserts a token before
+/// the text) and the chat template (`chat_template.jinja`, else `tokenizer_config.json`).
+struct TokenizerFiles {
+    tokenizer_json: Vec<u8>,
+    add_bos: bool,
+    chat_template: Option<String>,
+}
 
+fn read_tokenizer_files(dir: &Path) -> Result<TokenizerFiles, ImportError> {
     let tokenizer_path = dir.join("tokenizer.json");
     if !tokenizer_path.is_file() {
         return Err(ImportError::Tokenizer {
@@ -571,6 +577,54 @@ pub fn load_hf_dir(dir: &Path) -> Result<SourceModel, ImportError> {
     } else {
         tok_config.as_ref().and_then(chat_template_from)
     };
+
+    Ok(TokenizerFiles {
+        tokenizer_json,
+        add_bos,
+        chat_template,
+    })
+}
+
+/// The tokenizer of a Hugging Face directory without reading its weights: `tokenizer.json` as it is, BOS/EOS from
+/// `config.json` when there is one (`bos_token_id`, `eos_token_id`; the first of a list).
+pub fn tokenizer_from_hf_dir(dir: &Path) -> Result<VocabTokenizer, ImportError> {
+    let files = read_tokenizer_files(dir)?;
+    let config_path = dir.join("config.json");
+    let (bos, eos) = if config_path.is_file() {
+        let json = read_json(&config_path)?;
+        let obj = json.as_object().ok_or_else(|| ImportError::Corrupt {
+            path: config_path.clone(),
+            what: "config.json is not a JSON object".into(),
+        })?;
+        let c = JsonConfig {
+            path: &config_path,
+            obj,
+        };
+        (c.token_opt("bos_token_id")?, c.token_opt("eos_token_id")?)
+    } else {
+        (None, None)
+    };
+    Ok(VocabTokenizer {
+        json: files.tokenizer_json,
+        special: SpecialTokens {
+            bos,
+            eos,
+            add_bos: files.add_bos,
+        },
+        chat_template: files.chat_template,
+    })
+}
+
+/// Loads a Hugging Face model directory (not yet validated: [`crate::import::source::load`] does that).
+pub fn load_hf_dir(dir: &Path) -> Result<SourceModel, ImportError> {
+    let config_path = dir.join("config.json");
+    let config_json = read_json(&config_path)?;
+
+    let TokenizerFiles {
+        tokenizer_json,
+        add_bos,
+        chat_template,
+    } = read_tokenizer_files(dir)?;
 
     let (mut config, tied_given) = config_from_hf_json(&config_path, &config_json, add_bos)?;
 
