@@ -17,6 +17,7 @@ pub mod dtype;
 pub mod error;
 pub mod layout;
 mod le;
+pub mod numerics;
 #[cfg(feature = "std")]
 #[allow(unsafe_code)] // the mmap, and nothing else
 mod mapped;
