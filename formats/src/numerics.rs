@@ -44,3 +44,34 @@ pub fn llama3_scale(inv_freq: f64, factor: f64, low: f64, high: f64, original_co
         (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
     }
 }
+
+/// Floor of the absmean weight scale and of the absmax activation range (BitNet b1.58's `clamp_(min=1e-5)`):
+/// an all-zero group or row gets this scale instead of a division by zero.
+pub const QUANT_EPS: f64 = 1e-5;
+/// [`QUANT_EPS`] for f32 code: the same number, rounded once.
+pub const QUANT_EPS_F32: f32 = QUANT_EPS as f32;
+const _: () = assert!(QUANT_EPS_F32 == 1e-5f32);
+
+/// Largest int8 activation code: activations are scaled so that the row's absmax maps to it.
+pub const INT8_ACT_MAX: f32 = 127.0;
+
+/// BitNet b1.58's absmean ternary scale of a group of weights whose mean `|w|` is `mean_abs` (computed by the
+/// caller in f64, in its own summation order).
+#[inline]
+pub fn absmean_scale(mean_abs: f64) -> f64 {
+    mean_abs.max(QUANT_EPS)
+}
+
+/// The ternary code of weight `w` under absmean scale `scale`: `clamp(round_half_even(w / scale), −1, 1)`.
+/// Divides (not multiplies by `1/scale`): `w·(1/scale)` can land exactly on a tie that `w/scale` misses.
+#[inline]
+pub fn ternary_code(w: f32, scale: f32) -> i8 {
+    crate::blocks::round_half_even(w / scale).clamp(-1.0, 1.0) as i8
+}
+
+/// The per-token int8 activation scale `s = 127 / max(absmax, 1e-5)`; codes are `clamp(round_half_even(x·s),
+/// −128, 127)`.
+#[inline]
+pub fn int8_act_scale(absmax: f32) -> f32 {
+    INT8_ACT_MAX / absmax.max(QUANT_EPS_F32)
+}
