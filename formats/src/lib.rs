@@ -17,10 +17,10 @@ pub mod dtype;
 pub mod error;
 pub mod layout;
 mod le;
-pub mod numerics;
 #[cfg(feature = "std")]
 #[allow(unsafe_code)] // the mmap, and nothing else
 mod mapped;
+pub mod numerics;
 pub mod tensor;
 pub mod view;
 #[cfg(feature = "alloc")]

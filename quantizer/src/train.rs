@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    checkpoint_path, latest_checkpoint, list_checkpoints, prune_checkpoints, remove_stale_temp_files, Checkpoint,
-    state_json, CheckpointError, CheckpointState, CheckpointTensor,
+    checkpoint_path, latest_checkpoint, list_checkpoints, prune_checkpoints, remove_stale_temp_files, state_json,
+    Checkpoint, CheckpointError, CheckpointState, CheckpointTensor,
 };
 use crate::data::{check_vocab, held_out_batches, train_batch, DataError, DataOrder, Fnv64, HostBatch, PackedData};
 use crate::engine::{
@@ -778,7 +778,10 @@ pub fn train_from<B: Backend<Elem = f32>>(
         _ => None,
     };
     let checkpoint_extra = if control.is_some() {
-        let stored: Vec<TemperatureScale> = scales_by_name.iter().map(|(n, c)| TemperatureScale(n.clone(), *c)).collect();
+        let stored: Vec<TemperatureScale> = scales_by_name
+            .iter()
+            .map(|(n, c)| TemperatureScale(n.clone(), *c))
+            .collect();
         serde_json::json!({ TEMPERATURE_SCALES_KEY: state_json(&stored, "the temperature scales")? })
     } else {
         serde_json::Value::Null

@@ -480,7 +480,11 @@ fn rope_freqs_import_as_llama3_scaling_and_the_runtime_uses_them() {
         .iter()
         .map(|&d| d as f32)
         .collect();
-    assert_eq!(divisors.iter().filter(|&&d| d > 1.0 && d < 8.0).count(), 3, "{divisors:?}");
+    assert_eq!(
+        divisors.iter().filter(|&&d| d > 1.0 && d < 8.0).count(),
+        3,
+        "{divisors:?}"
+    );
     let path = tiny_llama_with(&[("rope_freqs.weight".into(), vec![8], divisors.clone())]);
     let m = load(&path).unwrap();
     let _ = std::fs::remove_file(&path);
@@ -495,7 +499,10 @@ fn rope_freqs_import_as_llama3_scaling_and_the_runtime_uses_them() {
     };
     eprintln!("recovered factor {f}, low {lo}, high {hi}, original context {original_context}");
     assert_eq!((f, original_context), (8.0, 1024));
-    assert!((f64::from(lo) - low).abs() < 1e-5 && (f64::from(hi) - high).abs() < 1e-4, "{lo} {hi}");
+    assert!(
+        (f64::from(lo) - low).abs() < 1e-5 && (f64::from(hi) - high).abs() < 1e-4,
+        "{lo} {hi}"
+    );
     // The factors are in the config, not a tensor of the model.
     assert!(m.tensors.iter().all(|t| t.name != "rope_freqs.weight"));
     assert_eq!(m.tensors.len(), 2 + 2 * 9);

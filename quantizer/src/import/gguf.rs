@@ -173,7 +173,11 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig, ImportError> {
                 return Err(ImportError::BadTensor {
                     path: path(),
                     tensor: ROPE_FREQS.into(),
-                    problem: format!("shape {:?}, expected [{}] (one factor per rotation pair)", info.dims, head_dim / 2),
+                    problem: format!(
+                        "shape {:?}, expected [{}] (one factor per rotation pair)",
+                        info.dims,
+                        head_dim / 2
+                    ),
                 });
             }
             let factors = g.dequantize(info)?;

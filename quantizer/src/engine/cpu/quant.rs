@@ -6,8 +6,8 @@ use rayon::prelude::*;
 use crate::engine::quant::hard::{clamp, ternary_code, ternary_scale, REDUCE_CHUNK};
 use crate::engine::quant::soft::soft_code;
 use crate::engine::quant::QUANT_EPS;
-use tern_format::numerics::INT8_ACT_MAX;
 use crate::engine::scalar::Float;
+use tern_format::numerics::INT8_ACT_MAX;
 
 /// `out = clamp(round(w/a), −1, 1)·a` per run of `group_len` elements (`group_len` divides `w.len()`).
 pub(crate) fn quantize_ternary_hard_cpu<T: Float>(out: &mut [T], w: &[T], group_len: usize) {

@@ -550,11 +550,16 @@ impl CudaBackend {
     /// First pass of Σx² or Σa·b into `slots[slot]` (f64 scratch after `partial_len` partials).
     fn reduce_into_slot(&self, s: &Scratch, a: &CudaBuf, b: Option<&CudaBuf>, slot: usize) -> EngineResult<()> {
         if let Some(b) = b {
-            ensure(b.len == a.len, "dot", || format!("operands of {} and {} elements", a.len, b.len))?;
+            ensure(b.len == a.len, "dot", || {
+                format!("operands of {} and {} elements", a.len, b.len)
+            })?;
         }
         // The kernels write 1024 partials and then slot `slot` after them through raw device pointers.
         ensure(s.f64s.len() > 1024 + slot, "reduction", || {
-            format!("scratch of {} f64 has no slot {slot} after the 1024 partials", s.f64s.len())
+            format!(
+                "scratch of {} f64 has no slot {slot} after the 1024 partials",
+                s.f64s.len()
+            )
         })?;
         let n = a.len as u64;
         let blocks = blocks_for(n).min(1024);
