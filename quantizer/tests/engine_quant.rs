@@ -224,12 +224,13 @@ fn f32_soft_kernels_agree_with_f64() {
     be64.quantize_ternary_soft(&mut o64, &w, n, state).unwrap();
     be32.quantize_ternary_soft(&mut o32, &w32, n, state).unwrap();
     let o32: Vec<f64> = o32.iter().map(|&x| x as f64).collect();
-    assert_close("f32 forward", &o32, &o64, 1e-5);
+    // Measured 8.0e-9 (forward) and 3.8e-7 (backward) relative to 1 + |f64 value|; bounds at about 10x.
+    assert_close("f32 forward", &o32, &o64, 1e-7);
     let (mut d64, mut d32) = (g.clone(), g32.clone());
     be64.quantize_ternary_soft_backward(&mut d64, &w, n, state).unwrap();
     be32.quantize_ternary_soft_backward(&mut d32, &w32, n, state).unwrap();
     let d32: Vec<f64> = d32.iter().map(|&x| x as f64).collect();
-    assert_close("f32 backward", &d32, &d64, 1e-4);
+    assert_close("f32 backward", &d32, &d64, 4e-6);
 }
 
 #[test]

@@ -370,33 +370,174 @@ fn load_rejects_paths_that_are_not_models() {
 
 /// A metadata-only GGUF (no tensors), written by hand, for tokenizer synthesis tests.
 fn gguf_with_metadata(kv: &[(&str, MetaValue)]) -> GgufFile {
+    let kv: Vec<(String, MetaValue)> = kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    GgufFile::from_bytes("handmade.gguf", gguf_bytes(&kv, &[])).unwrap()
+}
+
+/// GGUF v3 bytes written by hand, as the GGUF specification lays them out: header, metadata, tensor infos
+/// (dims in ggml order, innermost first), then the f32 tensors' data at 32-byte aligned offsets.
+fn gguf_bytes(kv: &[(String, MetaValue)], tensors: &[(String, Vec<u64>, Vec<f32>)]) -> Vec<u8> {
+    const ALIGN: usize = 32;
     fn put_str(out: &mut Vec<u8>, s: &str) {
         out.extend((s.len() as u64).to_le_bytes());
         out.extend(s.as_bytes());
     }
     fn put_value(out: &mut Vec<u8>, v: &MetaValue) {
         match v {
+            MetaValue::U8(x) => out.push(*x),
+            MetaValue::I8(x) => out.extend(x.to_le_bytes()),
+            MetaValue::U16(x) => out.extend(x.to_le_bytes()),
+            MetaValue::I16(x) => out.extend(x.to_le_bytes()),
+            MetaValue::U32(x) => out.extend(x.to_le_bytes()),
+            MetaValue::I32(x) => out.extend(x.to_le_bytes()),
+            MetaValue::F32(x) => out.extend(x.to_le_bytes()),
+            MetaValue::U64(x) => out.extend(x.to_le_bytes()),
+            MetaValue::I64(x) => out.extend(x.to_le_bytes()),
+            MetaValue::F64(x) => out.extend(x.to_le_bytes()),
             MetaValue::String(s) => put_str(out, s),
             MetaValue::Bool(b) => out.push(u8::from(*b)),
-            MetaValue::I32(i) => out.extend(i.to_le_bytes()),
             MetaValue::Array(elem, items) => {
                 out.extend((*elem as u32).to_le_bytes());
                 out.extend((items.len() as u64).to_le_bytes());
                 items.iter().for_each(|i| put_value(out, i));
             }
-            other => panic!("not needed here: {other:?}"),
         }
     }
     let mut out = b"GGUF".to_vec();
     out.extend(3u32.to_le_bytes());
-    out.extend(0u64.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
     out.extend((kv.len() as u64).to_le_bytes());
     for (k, v) in kv {
         put_str(&mut out, k);
         out.extend((v.meta_type() as u32).to_le_bytes());
         put_value(&mut out, v);
     }
-    GgufFile::from_bytes("handmade.gguf", out).unwrap()
+    let mut data = Vec::new();
+    for (name, dims, values) in tensors {
+        put_str(&mut out, name);
+        out.extend((dims.len() as u32).to_le_bytes());
+        dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
+        out.extend(0u32.to_le_bytes()); // GGML_TYPE_F32
+        data.resize(data.len().next_multiple_of(ALIGN), 0);
+        out.extend((data.len() as u64).to_le_bytes());
+        values.iter().for_each(|v| data.extend(v.to_le_bytes()));
+    }
+    if !tensors.is_empty() {
+        out.resize(out.len().next_multiple_of(ALIGN), 0);
+        out.extend(data);
+    }
+    out
+}
+
+/// Llama 3.1's RoPE frequency divisors as llama.cpp's converter (`convert_hf_to_gguf.py`, `LlamaModel`)
+/// computes them for `rope_freqs.weight`, written out here in f64 independently of the code under test.
+fn llama31_divisors(head_dim: usize, theta: f64, factor: f64, low: f64, high: f64, original: f64) -> Vec<f64> {
+    let (low_wavelen, high_wavelen) = (original / low, original / high);
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (original / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
+}
+
+/// tiny-llama.gguf rewritten with f32 tensors, `extra` tensors appended.
+fn tiny_llama_with(extra: &[(String, Vec<u64>, Vec<f32>)]) -> PathBuf {
+    let g = GgufFile::open(fixture("tiny-llama.gguf")).unwrap();
+    let kv = g.metadata().to_vec();
+    let mut tensors: Vec<(String, Vec<u64>, Vec<f32>)> = g
+        .tensors()
+        .iter()
+        .map(|t| (t.name.clone(), t.dims.clone(), g.dequantize(t).unwrap()))
+        .collect();
+    tensors.extend(extra.iter().cloned());
+    let path = std::env::temp_dir().join(format!(
+        "tern-rope-freqs-{}-{}.gguf",
+        std::process::id(),
+        extra.iter().map(|t| t.2.len()).sum::<usize>()
+    ));
+    std::fs::write(&path, gguf_bytes(&kv, &tensors)).unwrap();
+    path
+}
+
+/// A GGUF carrying Llama-3.1 RoPE scaling as llama.cpp stores it (`rope_freqs.weight`, no scaling metadata)
+/// imports into `RopeScaling::Llama3`, and the runtime's rotary frequencies then equal the Llama 3.1 formula.
+#[test]
+fn rope_freqs_import_as_llama3_scaling_and_the_runtime_uses_them() {
+    // tiny-llama: head dim 16, θ = 10⁴, so wavelengths 2π·10^(i/2); with original context 1024, low 1 and high
+    // 32 the band [32, 1024] holds pairs 2, 3 and 4, pairs 0–1 keep their frequency and 5–7 are slowed.
+    let (head_dim, theta) = (16usize, 10_000.0f64);
+    let (factor, low, high, original) = (8.0, 1.0, 32.0, 1024.0);
+    let divisors: Vec<f32> = llama31_divisors(head_dim, theta, factor, low, high, original)
+        .iter()
+        .map(|&d| d as f32)
+        .collect();
+    assert_eq!(
+        divisors.iter().filter(|&&d| d > 1.0 && d < 8.0).count(),
+        3,
+        "{divisors:?}"
+    );
+    let path = tiny_llama_with(&[("rope_freqs.weight".into(), vec![8], divisors.clone())]);
+    let m = load(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let RopeScaling::Llama3 {
+        factor: f,
+        low_freq_factor: lo,
+        high_freq_factor: hi,
+        original_context,
+    } = m.config.rope_scaling
+    else {
+        panic!("imported as {:?}", m.config.rope_scaling)
+    };
+    eprintln!("recovered factor {f}, low {lo}, high {hi}, original context {original_context}");
+    assert_eq!((f, original_context), (8.0, 1024));
+    assert!(
+        (f64::from(lo) - low).abs() < 1e-5 && (f64::from(hi) - high).abs() < 1e-4,
+        "{lo} {hi}"
+    );
+    // The factors are in the config, not a tensor of the model.
+    assert!(m.tensors.iter().all(|t| t.name != "rope_freqs.weight"));
+    assert_eq!(m.tensors.len(), 2 + 2 * 9);
+
+    // The runtime's inverse frequencies against θ^(−2i/d) / divisor_i computed directly in f64.
+    let mut inv = vec![0.0f64; head_dim / 2];
+    tern_runtime::ops::rope_inv_freq(&m.config, &mut inv);
+    let want: Vec<f64> = llama31_divisors(head_dim, theta, factor, low, high, original)
+        .iter()
+        .enumerate()
+        .map(|(i, d)| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64) / d)
+        .collect();
+    let worst = inv
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g / w - 1.0).abs())
+        .fold(0.0f64, f64::max);
+    eprintln!("runtime inverse frequencies vs the Llama 3.1 formula: max relative error {worst:.2e}");
+    // Measured 4.8e-8 (the band edges are fitted from f32 divisors).
+    assert!(worst < 5e-7, "{inv:?} vs {want:?}");
+    // The scaling is in effect: the band and the long wavelengths are slowed (the last pair by `factor`).
+    let unscaled = |i: usize| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+    assert!((2..8).all(|i| inv[i] < 0.99 * unscaled(i)), "{inv:?}");
+    assert!((inv[7] * factor / unscaled(7) - 1.0).abs() < 1e-9);
+
+    // Divisors of another shape (no linear band) are refused with a typed error, not imported wrongly.
+    let mut bent = divisors;
+    bent[3] = (f64::from(bent[3]) * 1.01) as f32;
+    let path = tiny_llama_with(&[("rope_freqs.weight".into(), vec![8], bent)]);
+    let err = load(&path).unwrap_err();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        matches!(&err, ImportError::Unsupported { what, .. } if what.contains("rope_freqs.weight")),
+        "{err}"
+    );
 }
 
 /// The pre-tokenizer types differ in how they split digit runs. Vocabulary: the 256 byte-level symbols (byte b at

@@ -2,7 +2,8 @@
 //! the gated activations, embedding lookup and grouped-query attention over the KV cache.
 
 use half::f16;
-use tern_format::{ElementType, ModelConfig, RopeScaling, RopeStyle, ScaleKind};
+use tern_format::numerics;
+use tern_format::{ElementType, ModelConfig, RopeStyle, ScaleKind};
 
 use crate::kernels::{Kernels, Matrix};
 
@@ -28,42 +29,13 @@ fn rms_scale(x: &[f32], eps: f32) -> f32 {
     (1.0 / libm::sqrt(ss / n + f64::from(eps))) as f32
 }
 
-/// RoPE inverse frequencies `θ^(−2i/d)` for `i < d/2`, with Llama-3 scaling applied (computed in f64).
+/// RoPE inverse frequencies `θ^(−2i/d)` for `i < d/2`, with Llama-3 scaling applied (computed in f64; the
+/// formula is `tern_format::numerics::rope_inv_freq`, shared with the training engine and the GGUF exporter).
 pub fn rope_inv_freq(config: &ModelConfig, out: &mut [f64]) {
-    let d = f64::from(config.head_dim);
+    let d = config.head_dim as usize;
     let theta = f64::from(config.rope_theta);
     for (i, f) in out.iter_mut().enumerate() {
-        let inv = 1.0 / libm::pow(theta, 2.0 * i as f64 / d);
-        *f = match config.rope_scaling {
-            RopeScaling::None => inv,
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_context,
-            } => llama3_scale(
-                inv,
-                f64::from(factor),
-                f64::from(low_freq_factor),
-                f64::from(high_freq_factor),
-                f64::from(original_context),
-            ),
-        };
-    }
-}
-
-/// Llama 3.1's piecewise scaling of one inverse frequency (as in Hugging Face's `_compute_llama3_parameters`).
-pub fn llama3_scale(inv_freq: f64, factor: f64, low: f64, high: f64, original_context: f64) -> f64 {
-    let low_wavelen = original_context / low;
-    let high_wavelen = original_context / high;
-    let wavelen = 2.0 * core::f64::consts::PI / inv_freq;
-    if wavelen < high_wavelen {
-        inv_freq
-    } else if wavelen > low_wavelen {
-        inv_freq / factor
-    } else {
-        let smooth = (original_context / wavelen - low) / (high - low);
-        (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
+        *f = numerics::rope_inv_freq(i, d, theta, config.rope_scaling);
     }
 }
 

@@ -16,7 +16,7 @@ use super::tiles::{epilogue_group, epilogue_single, float_gemm};
 use super::{round_up, ActQuant, Activations, Matrix, QRow, BLOCK, CHUNK};
 
 /// Smallest absmax used for activation scaling (BitNet b1.58: `127 / max(|x|, 1e-5)`).
-pub const ACT_EPS: f32 = 1e-5;
+pub const ACT_EPS: f32 = tern_format::numerics::QUANT_EPS_F32;
 
 /// Per-token int8 activation quantization (see `Kernels::quantize_i8`).
 pub fn quantize_i8(x: &[f32], q: &mut [i8], chunk_sums: &mut [i32]) -> ActQuant {
@@ -37,7 +37,7 @@ pub fn absmax(x: &[f32]) -> f32 {
 /// The activation scale `s = 127 / max(absmax, 1e-5)`.
 #[inline]
 pub fn act_scale(absmax: f32) -> f32 {
-    127.0 / absmax.max(ACT_EPS)
+    tern_format::numerics::int8_act_scale(absmax)
 }
 
 /// Quantizes one chunk: `q[i] = clamp(round_half_even(x[i]·s), −128, 127)` (0 for a NaN product), and 0

@@ -7,6 +7,7 @@ use crate::engine::quant::hard::{clamp, ternary_code, ternary_scale, REDUCE_CHUN
 use crate::engine::quant::soft::soft_code;
 use crate::engine::quant::QUANT_EPS;
 use crate::engine::scalar::Float;
+use tern_format::numerics::INT8_ACT_MAX;
 
 /// `out = clamp(round(w/a), −1, 1)·a` per run of `group_len` elements (`group_len` divides `w.len()`).
 pub(crate) fn quantize_ternary_hard_cpu<T: Float>(out: &mut [T], w: &[T], group_len: usize) {
@@ -41,7 +42,8 @@ pub(crate) fn quantize_int8_rows_cpu<T: Float>(out: &mut [T], x: &[T], cols: usi
     let hi = T::from_f64(127.0);
     out.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(o, x)| {
         let absmax = x.iter().fold(T::ZERO, |m, v| m.max(v.abs()));
-        let scale = T::from_f64(127.0) / absmax.max(T::from_f64(QUANT_EPS));
+        // `numerics::int8_act_scale` in T (f64 in the f64 engine): the same formula and constants.
+        let scale = T::from_f64(f64::from(INT8_ACT_MAX)) / absmax.max(T::from_f64(QUANT_EPS));
         for (o, &x) in o.iter_mut().zip(x) {
             *o = clamp((x * scale).round_even(), lo, hi) / scale;
         }

@@ -4,47 +4,16 @@
 //! by the angle `p·f_i`, `f_i = θ^(−2i/d)`, optionally rescaled as Llama 3.1 does. A rotation is orthogonal, so
 //! the backward is the inverse rotation of the gradient ([`RopeDirection::Inverse`](crate::engine::RopeDirection::Inverse)).
 
+use tern_format::numerics::rope_scaled;
 use tern_format::RopeScaling;
 
-/// Inverse frequencies `f_i`, `i < head_dim/2`, including Llama-3 scaling.
+/// Inverse frequencies `f_i`, `i < head_dim/2`, including Llama-3 scaling (the scaling formula is
+/// `tern_format::numerics::rope_scaled`, the runtime's too).
 pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: RopeScaling) -> Vec<f64> {
     let half = head_dim / 2;
     (0..half)
-        .map(|i| {
-            let f = theta.powf(-(2.0 * i as f64) / head_dim as f64);
-            match scaling {
-                RopeScaling::None => f,
-                RopeScaling::Llama3 {
-                    factor,
-                    low_freq_factor,
-                    high_freq_factor,
-                    original_context,
-                } => llama3_scale(
-                    f,
-                    factor as f64,
-                    low_freq_factor as f64,
-                    high_freq_factor as f64,
-                    original_context,
-                ),
-            }
-        })
+        .map(|i| rope_scaled(theta.powf(-(2.0 * i as f64) / head_dim as f64), scaling))
         .collect()
-}
-
-/// Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between interpolated.
-fn llama3_scale(f: f64, factor: f64, low: f64, high: f64, original_context: u32) -> f64 {
-    let original = original_context as f64;
-    let wavelen = 2.0 * std::f64::consts::PI / f;
-    let low_freq_wavelen = original / low;
-    let high_freq_wavelen = original / high;
-    if wavelen < high_freq_wavelen {
-        f
-    } else if wavelen > low_freq_wavelen {
-        f / factor
-    } else {
-        let smooth = (original / wavelen - low) / (high - low);
-        (1.0 - smooth) * f / factor + smooth * f
-    }
 }
 
 /// The `[seq_len, head_dim/2, (cos, sin)]` table the [`rope`](crate::engine::Backend::rope) kernel reads,

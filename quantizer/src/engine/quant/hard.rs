@@ -6,7 +6,6 @@
 
 use rayon::prelude::*;
 
-use super::QUANT_EPS;
 use crate::engine::scalar::Float;
 
 /// Elements per task of the deterministic `mean|W|` reduction. A group of at most this many elements is summed
@@ -30,7 +29,7 @@ pub(crate) fn mean_abs<T: Float>(w: &[T]) -> f64 {
 
 /// The absmean scale `a` BitNet b1.58 uses for a group of weights.
 pub fn ternary_scale<T: Float>(w: &[T]) -> f64 {
-    mean_abs(w).max(QUANT_EPS)
+    tern_format::numerics::absmean_scale(mean_abs(w))
 }
 
 /// Clamp that lets NaN through (like `torch.clamp`): `f32::max`/`min` would turn a NaN into a bound and hide a

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{EngineError, EngineResult};
 
 /// Lower bound of the absmean weight scale and the absmax activation range (BitNet's `clamp_(min=1e-5)`).
-pub const QUANT_EPS: f64 = 1e-5;
+pub use tern_format::numerics::QUANT_EPS;
 
 /// Which quantizer the model's linear layers train with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
