@@ -259,6 +259,17 @@ fn every_method_exports_a_model_the_runtime_runs_as_trained() {
         if name.contains("mixed") {
             let n = summary["integer_tensors"].as_array().map_or(0, Vec::len);
             assert!(n > 0, "{name}: no tensor kept above ternary");
+            // Re-exporting the finished run in another layout keeps the assignment it trained with (the
+            // budget, relative to the all-ternary file, would otherwise pick again for the smaller base-3 file).
+            let mut again = extra.clone();
+            again.extend(["--resume", "--layout", "base3"]);
+            let (out, run) = quantize(&dir, &text, name, &again);
+            let resummary: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+            let reintegers: Vec<(String, LinearPrecision)> =
+                serde_json::from_value(resummary["integer_tensors"].clone()).unwrap();
+            assert_eq!(reintegers, integer, "{name}: base-3 re-export changed the assignment");
+            check_parity(&out, &latent, &integer);
         }
         assert_eq!(summary["export_scale_mismatches"], 0, "{name}");
     }

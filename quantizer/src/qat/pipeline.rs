@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{latest_checkpoint, list_checkpoints};
 use crate::data::{document_separator, tokenize_files, PackedData};
 use crate::engine::{Backend, LinearPrecision, ParamLayout, ScaleGroups, WeightQuantizer};
-use crate::hessian::mixed::{frontier, random_assignment, select, tensor_choices, ternary_bytes, Budget};
+use crate::hessian::mixed::{
+    frontier, random_assignment, select, tensor_choices, ternary_bytes, Assignment, Budget, TensorChoices,
+};
 use crate::hessian::{
     calibration_batches, compute_traces, temperature_scales, HessianError, TemperatureScaleOptions, TraceConfig,
     TraceTable,
@@ -374,9 +376,16 @@ fn mixed_precisions(
     let rest = file.saturating_sub(ternary_linear);
     let params: usize = choices.iter().map(|c| c.params).sum();
     let budget = spec.budget.linear_bytes(ternary_linear, rest, params);
-    let assignment = match spec.random_seed {
-        Some(seed) => random_assignment(&choices, budget, seed),
-        None => select(&choices, budget).map_err(hessian_err)?,
+    let path = run_dir.join("mixed.json");
+    // A run directory that already has an assignment trained with it: keep it. Choosing again could give
+    // another set (the budget is relative to the all-ternary file, which depends on --layout and --head), and
+    // latent weights trained as int4 would then be exported ternary.
+    let assignment = match stored_assignment(&path, &choices)? {
+        Some(stored) => stored,
+        None => match spec.random_seed {
+            Some(seed) => random_assignment(&choices, budget, seed),
+            None => select(&choices, budget).map_err(hessian_err)?,
+        },
     };
     let precisions = assignment.precisions(&choices);
     let max = choices
@@ -398,7 +407,6 @@ fn mixed_precisions(
         "tensors": choices,
         "frontier": front,
     });
-    let path = run_dir.join("mixed.json");
     tern_format::write_atomic(&path, format!("{json:#}\n").as_bytes()).map_err(io_err(&path, "writing"))?;
     observer(PipelineEvent::MixedPrecision {
         precisions: &precisions,
@@ -407,6 +415,56 @@ fn mixed_precisions(
         frontier: &front,
     });
     Ok(precisions)
+}
+
+/// The assignment recorded in `path` (a run's `mixed.json`), as indices into `choices` with this layout's sizes
+/// and sensitivities, or `None` when there is no such file. A recorded tensor or precision `choices` does not
+/// offer is an error: the run was made from another model or with another int4 group.
+fn stored_assignment(path: &Path, choices: &[TensorChoices]) -> Result<Option<Assignment>, TrainError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path, "reading")(e)),
+    };
+    let bad = |why: String| TrainError::Config(format!("{}: {why}", path.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let stored: Vec<(String, LinearPrecision)> =
+        serde_json::from_value(json.get("precisions").cloned().unwrap_or(serde_json::Value::Null))
+            .map_err(|e| bad(format!("precisions: {e}")))?;
+    let mut choice = vec![0usize; choices.len()];
+    for (name, precision) in &stored {
+        let (i, t) = choices
+            .iter()
+            .enumerate()
+            .find(|(_, t)| &t.name == name)
+            .ok_or_else(|| bad(format!("{name} is not a linear weight of this model")))?;
+        choice[i] = t
+            .candidates
+            .iter()
+            .position(|c| c.precision == *precision)
+            .ok_or_else(|| bad(format!("{name}: {precision:?} is not one of its options here")))?;
+    }
+    let ternary = |t: &TensorChoices| {
+        t.candidates
+            .iter()
+            .position(|c| c.precision == LinearPrecision::Ternary)
+    };
+    for (i, t) in choices.iter().enumerate() {
+        if !stored.iter().any(|(n, _)| n == &t.name) {
+            choice[i] = ternary(t).ok_or_else(|| bad(format!("{} has no ternary option", t.name)))?;
+        }
+    }
+    let bytes = choices.iter().zip(&choice).map(|(t, &c)| t.candidates[c].bytes).sum();
+    let sensitivity = choices
+        .iter()
+        .zip(&choice)
+        .map(|(t, &c)| t.candidates[c].sensitivity)
+        .sum();
+    Ok(Some(Assignment {
+        choice,
+        bytes,
+        sensitivity,
+    }))
 }
 
 /// Whether a stage's directory holds a finished run, and its final weights if so.
