@@ -48,5 +48,6 @@ echo "== examples/c/generate against libtern.so"
 # shellcheck disable=SC2046,SC2086
 gcc $cflags $(pkg-config --cflags tern) examples/c/generate.c -o "$work/generate_shared" $(pkg-config --libs tern) -Wl,-rpath,"$work/prefix/lib"
 "$work/generate_shared" "$model" "Shared" 8 1 0 >/dev/null
-ldd "$work/generate_shared" | grep -q "$work/prefix/lib/libtern.so"
+# grep reads all of ldd's output (not -q): an early exit would SIGPIPE ldd and fail the pipeline under pipefail.
+ldd "$work/generate_shared" | grep -F "$work/prefix/lib/libtern.so" >/dev/null
 echo "C API checks passed"
