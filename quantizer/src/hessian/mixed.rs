@@ -239,7 +239,8 @@ fn backtrack(choices: &[TensorChoices], choice: &[Vec<u8>], mut e: usize, _units
     totals(choices, picked)
 }
 
-fn totals(choices: &[TensorChoices], choice: Vec<usize>) -> Assignment {
+/// The assignment picking candidate `choice[i]` for tensor `i`, with its total bytes and sensitivity.
+pub fn totals(choices: &[TensorChoices], choice: Vec<usize>) -> Assignment {
     let bytes = choices.iter().zip(&choice).map(|(t, &c)| t.candidates[c].bytes).sum();
     let sensitivity = choices
         .iter()

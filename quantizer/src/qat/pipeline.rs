@@ -16,7 +16,7 @@ use crate::checkpoint::{latest_checkpoint, list_checkpoints};
 use crate::data::{document_separator, tokenize_files, PackedData};
 use crate::engine::{Backend, LinearPrecision, ParamLayout, ScaleGroups, WeightQuantizer};
 use crate::hessian::mixed::{
-    frontier, random_assignment, select, tensor_choices, ternary_bytes, Assignment, Budget, TensorChoices,
+    frontier, random_assignment, select, tensor_choices, ternary_bytes, totals, Assignment, Budget, TensorChoices,
 };
 use crate::hessian::{
     calibration_batches, compute_traces, temperature_scales, HessianError, TemperatureScaleOptions, TraceConfig,
@@ -454,17 +454,7 @@ fn stored_assignment(path: &Path, choices: &[TensorChoices]) -> Result<Option<As
             choice[i] = ternary(t).ok_or_else(|| bad(format!("{} has no ternary option", t.name)))?;
         }
     }
-    let bytes = choices.iter().zip(&choice).map(|(t, &c)| t.candidates[c].bytes).sum();
-    let sensitivity = choices
-        .iter()
-        .zip(&choice)
-        .map(|(t, &c)| t.candidates[c].sensitivity)
-        .sum();
-    Ok(Some(Assignment {
-        choice,
-        bytes,
-        sensitivity,
-    }))
+    Ok(Some(totals(choices, choice)))
 }
 
 /// Whether a stage's directory holds a finished run, and its final weights if so.
